@@ -1,0 +1,5 @@
+"""``python -m agent`` is ``ssc-agent``."""
+
+from agent.cli import entry
+
+entry()

@@ -1,0 +1,298 @@
+"""One exception root for the whole agent, split by layer, by blame and by retryability.
+
+DESIGN §2 and model-codebases principle 9: ``AgentError`` is the root. Each layer has its own
+branch; within a branch, ``Remote*`` means the peer (card, PSAM, broker, client) broke the rules,
+``Local*`` means we did. ``retryable`` says whether the same call may succeed later unchanged.
+Every error has a stable machine ``code`` (used in API error objects, CLI JSON, events) and a
+human message that never contains personal data.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+    code: ClassVar[str] = "agent_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
+        self.message = message or (self.__class__.__doc__ or self.__class__.__name__).strip()
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``{"code", "message"}`` object used by the API, the CLI and events."""
+        return {"code": self.code, "message": self.message}
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocol errors: bytes that do not follow the rules of their layer (sans-IO codecs raise these)
+# ---------------------------------------------------------------------------------------------
+class ProtocolError(AgentError):
+    """Bytes that break the rules of their protocol layer."""
+
+    code = "protocol_error"
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer (card, PSAM, printer, broker, API client) sent something malformed."""
+
+    code = "remote_protocol_error"
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to encode something the protocol cannot express (a bug or a bad argument)."""
+
+    code = "local_protocol_error"
+
+
+# card layer (ISO 7816): APDU, status words, TLV, ATR, T=0
+class CardProtocolError(RemoteProtocolError):
+    """A card or PSAM answered with malformed bytes (APDU, TLV, ATR, record)."""
+
+    code = "card_protocol_error"
+
+
+class ApduEncodingError(LocalProtocolError):
+    """A command APDU could not be encoded (field out of range)."""
+
+    code = "apdu_encoding_error"
+
+
+class TlvError(CardProtocolError):
+    """Malformed BER-TLV data."""
+
+    code = "tlv_error"
+
+
+class AtrError(CardProtocolError):
+    """Malformed answer-to-reset."""
+
+    code = "atr_error"
+
+
+class CardStatusError(AgentError):
+    """The card answered a well-formed status word that is not success for this command.
+
+    The status word is data on the response; this is raised only by ``check()`` or
+    ``expect_sw=`` at the call site (model-codebases principle 9).
+    """
+
+    code = "card_status"
+
+    def __init__(self, sw: int, message: str = "", *, command: str = "") -> None:
+        self.sw = sw
+        self.command = command
+        text = message or f"card answered SW {sw:04X}"
+        if command:
+            text = f"{command}: {text}"
+        super().__init__(text)
+
+
+class SecurityStatusError(CardStatusError):
+    """Security status not satisfied, wrong MAC or authentication failed (69xx, 63Cx, 9302)."""
+
+    code = "card_security"
+
+
+class PinError(CardStatusError):
+    """A PIN check failed; ``tries_left`` is from 63Cx, 0 when blocked (6983)."""
+
+    code = "pin_wrong"
+
+    def __init__(self, sw: int, tries_left: int, message: str = "", *, command: str = "") -> None:
+        self.tries_left = tries_left
+        super().__init__(sw, message or f"PIN rejected, {tries_left} tries left", command=command)
+
+
+class PinBlockedError(PinError):
+    """The PIN is blocked (6983): no tries left."""
+
+    code = "pin_blocked"
+
+    def __init__(self, sw: int = 0x6983, message: str = "", *, command: str = "") -> None:
+        super().__init__(sw, 0, message or "PIN blocked", command=command)
+
+
+class ApplicationLockedError(CardStatusError):
+    """The application is locked: 6283 temporarily, 9303 permanently, 6A81 card blocked."""
+
+    code = "card_locked"
+
+
+class FileNotFoundOnCardError(CardStatusError):
+    """File, application or record not found (6A82, 6A83)."""
+
+    code = "card_not_found"
+
+
+# ---------------------------------------------------------------------------------------------
+# Device / transport errors: drivers translate every foreign exception into one of these
+# ---------------------------------------------------------------------------------------------
+class DeviceError(AgentError):
+    """A device (reader, card, PSAM, printer) failed."""
+
+    code = "device_error"
+
+
+class TransientDeviceError(DeviceError):
+    """A device fault that may clear by itself (service restarting, reader replugged)."""
+
+    code = "device_transient"
+    retryable = True
+
+
+class CardRemovedError(DeviceError):
+    """The card left the reader (or lost power) during an exchange."""
+
+    code = "card_removed"
+
+
+class NoCardError(DeviceError):
+    """No card is present in the reader."""
+
+    code = "no_card"
+    retryable = True
+
+
+class ReaderUnavailableError(TransientDeviceError):
+    """The reader is gone or not found."""
+
+    code = "reader_unavailable"
+
+
+class PcscServiceError(TransientDeviceError):
+    """The PC/SC service (pcscd) is not reachable."""
+
+    code = "pcsc_unavailable"
+
+
+class DeviceTimeoutError(TransientDeviceError):
+    """A device did not answer in time."""
+
+    code = "device_timeout"
+
+
+class PrinterError(DeviceError):
+    """The receipt printer failed."""
+
+    code = "printer_error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Security module (PSAM or remote HSM)
+# ---------------------------------------------------------------------------------------------
+class SecurityModuleError(AgentError):
+    """The security module could not produce a MAC or key (missing key, wrong algorithm)."""
+
+    code = "security_module"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and profiles
+# ---------------------------------------------------------------------------------------------
+class ConfigError(AgentError):
+    """Configuration or card profile is invalid; message names the key (and line, if known)."""
+
+    code = "config_error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Journal (durable store)
+# ---------------------------------------------------------------------------------------------
+class JournalError(AgentError):
+    """The journal could not complete an operation."""
+
+    code = "journal_error"
+
+
+class JournalFullError(JournalError):
+    """The disk is full: new work is refused, committed records are intact."""
+
+    code = "journal_full"
+    retryable = True
+
+
+class JournalCorruptError(JournalError):
+    """The journal file failed its integrity check."""
+
+    code = "journal_corrupt"
+
+
+class ChainError(JournalError):
+    """The sealed-record hash chain or a record MAC does not verify."""
+
+    code = "chain_broken"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transactions and policy
+# ---------------------------------------------------------------------------------------------
+class TransactionError(AgentError):
+    """A card transaction could not be completed."""
+
+    code = "tx_error"
+
+
+class InvalidTransitionError(TransactionError):
+    """A state machine was asked for a transition its table does not allow."""
+
+    code = "invalid_transition"
+
+
+class PolicyRefusal(TransactionError):
+    """Refused by policy; ``code`` and ``message`` are fit to show a citizen at a kiosk."""
+
+    code = "refused"
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire (CBOR messages, COSE) and uplink (MQTT)
+# ---------------------------------------------------------------------------------------------
+class WireError(RemoteProtocolError):
+    """A CBOR message, frame or COSE object is malformed or fails schema validation."""
+
+    code = "wire_error"
+
+
+class FrameTooLargeError(WireError):
+    """A length-prefixed frame exceeds the configured maximum."""
+
+    code = "frame_too_large"
+
+
+class SignatureError(WireError):
+    """A signed command is unsigned, badly signed, replayed or expired."""
+
+    code = "bad_signature"
+
+
+class UplinkError(AgentError):
+    """The uplink (MQTT) failed."""
+
+    code = "uplink_error"
+    retryable = True
+
+
+class UplinkUnavailableError(UplinkError):
+    """Central is not reachable now."""
+
+    code = "uplink_unavailable"
+
+
+# ---------------------------------------------------------------------------------------------
+# Local API
+# ---------------------------------------------------------------------------------------------
+class ApiError(AgentError):
+    """An API request could not be served."""
+
+    code = "api_error"
+
+
+__all__ = [
+    name for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, AgentError)
+]

@@ -1,0 +1,32 @@
+"""The device side of a simulated card or PSAM, as seen by any transport. Sans-IO.
+
+A ``SimDevice`` answers raw APDU bytes with raw response bytes, exactly as a contact card does
+(no T=0 GET RESPONSE help from the transport: a device may answer ``61xx``). The same object is
+driven by the in-memory channel (``agent.sim.channel``), the vpcd bridge (``agent.sim.vpcd``,
+through pcscd) and the raw-replay benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class SimDevice(Protocol):
+    """A simulated ISO 7816 device (card or PSAM)."""
+
+    @property
+    def atr(self) -> bytes:
+        """The answer-to-reset sent at power-on."""
+        ...
+
+    def power_on(self) -> bytes:
+        """Cold reset: clears session state (selection, challenge, verified PINs); returns ATR."""
+        ...
+
+    def power_off(self) -> None:
+        """Power loss: session state is gone, persistent state (files, counters, lifecycle) kept."""
+        ...
+
+    def process(self, apdu: bytes) -> bytes:
+        """Answer one raw command APDU with ``data ‖ SW1 SW2``; never raises for bad input."""
+        ...
