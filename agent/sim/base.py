@@ -30,3 +30,30 @@ class SimDevice(Protocol):
     def process(self, apdu: bytes) -> bytes:
         """Answer one raw command APDU with ``data ‖ SW1 SW2``; never raises for bad input."""
         ...
+
+
+class SimApplet(Protocol):
+    """An application hosted by the virtual card besides SSSE (the PBOC/UnionPay app, PSE, PPSE).
+
+    The virtual card routes ``SELECT`` by DF name to the applet whose ``aids`` match, then sends
+    every command to the selected applet until another SELECT. State must be serialisable so that
+    a card persists across restarts.
+    """
+
+    aids: tuple[bytes, ...]
+
+    def select(self, aid: bytes) -> bytes:
+        """Answer SELECT: ``FCI ‖ SW`` (raw response bytes)."""
+        ...
+
+    def process(self, apdu: bytes) -> bytes:
+        """Answer one command while selected (raw bytes in, ``data ‖ SW`` out)."""
+        ...
+
+    def reset(self) -> None:
+        """Power cycle: clear session state."""
+        ...
+
+    def to_state(self) -> dict[str, object]:
+        """Persistent state as JSON-able data."""
+        ...
