@@ -1,0 +1,103 @@
+"""Config loading: every error reported with its key and line; env overrides; URLs."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import AgentConfig, ConfigErrors, TransportUrl, load_config, parse_config
+from agent.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
+
+
+def test_defaults_are_valid() -> None:
+    cfg = parse_config("", env={})
+    assert cfg == AgentConfig()
+    assert cfg.reader_url.scheme == "sim"
+
+
+def test_every_error_has_key_and_line() -> None:
+    text = """
+[card]
+reader = "usb://x"
+apdu_timeout_s = "slow"
+
+[uplink]
+inflight_window = 0
+bogus = 1
+
+[nosuch]
+x = 1
+"""
+    with pytest.raises(ConfigErrors) as ei:
+        parse_config(text, env={})
+    issues = {i.key: i.line for i in ei.value.issues}
+    assert issues == {
+        "card.reader": 3,
+        "card.apdu_timeout_s": 4,
+        "uplink.inflight_window": 7,
+        "uplink.bogus": 8,
+        "nosuch": 10,
+    }
+    assert isinstance(ei.value, ConfigError)
+
+
+def test_toml_syntax_error_is_a_config_error() -> None:
+    with pytest.raises(ConfigErrors) as ei:
+        parse_config("[card\nreader=", env={})
+    assert ei.value.issues[0].key == "<file>"
+
+
+def test_env_overrides_win() -> None:
+    cfg = parse_config(
+        '[uplink]\nbroker = "mqtt://a:1883"\n',
+        env={"SSC_AGENT__UPLINK__BROKER": "mqtt://b:1884", "SSC_AGENT__API__MAX_FRAME": "4096"},
+    )
+    assert cfg.broker_url.host == "b"
+    assert cfg.broker_url.port == 1884
+    assert cfg.api.max_frame == 4096
+
+
+def test_cross_checks() -> None:
+    with pytest.raises(ConfigErrors, match="token_file"):
+        parse_config('[api]\ntcp = "127.0.0.1:7010"\n', env={})
+    with pytest.raises(ConfigErrors, match="client certificate"):
+        parse_config('[uplink]\nbroker = "mqtts://central:8883"\n', env={})
+
+
+def test_tcp_must_be_loopback() -> None:
+    with pytest.raises(ConfigErrors, match="loopback"):
+        parse_config('[api]\ntcp = "0.0.0.0:7010"\ntoken_file = "t"\n', env={})
+
+
+def test_transport_urls() -> None:
+    u = TransportUrl.parse("pcsc://Virtual PCD 00 0*", ("pcsc",))
+    assert u.target == "Virtual PCD 00 0*"
+    s = TransportUrl.parse("serial:///dev/ttyUSB0?baud=9600", ("serial",))
+    assert (s.target, s.params) == ("/dev/ttyUSB0", {"baud": "9600"})
+    m = TransportUrl.parse("mqtts://central.example", ("mqtts",))
+    assert m.port == 8883
+    with pytest.raises(ValueError, match="scheme"):
+        TransportUrl.parse("http://x", ("mqtt",))
+
+
+def test_missing_file_is_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "none.toml")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.toml")))
+def test_shipped_configs_are_valid(name: str) -> None:
+    load_config(CONFIG_DIR / name, env={})
+
+
+@settings(max_examples=150)
+@given(st.text(max_size=300))
+def test_garbage_config_raises_only_config_error(text: str) -> None:
+    with contextlib.suppress(ConfigError):
+        parse_config(text, env={})
