@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := pcscd vsmartcard-vpcd libpcsclite-dev swig mosquitto mosquitto-clients \
-                pcsc-tools opensc fonts-wqy-zenhei
+                pcsc-tools opensc fonts-wqy-zenhei systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
