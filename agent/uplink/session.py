@@ -1,0 +1,302 @@
+"""The MQTT session: store-and-forward of the journal's outbox to central (DESIGN §5).
+
+* The SQLite outbox is the only queue. A record is published (QoS 1), marked ``sent`` on PUBACK,
+  and leaves the outbox only when central acks it on ``ssc/v1/<t>/ack`` (acks come as ranges).
+  A PUBACK proves nothing about central (a broker may even refuse with reason code 135); an
+  unacked record is published again after ``ack_timeout``. Central dedupes by (terminal, seq).
+* A bounded in-flight window; records sealed after the connection came up ("live") go before the
+  backlog; the backlog is paced by a token bucket so a returning fleet does not trip quotas.
+* One new aiomqtt client per connection attempt (aiomqtt clients are reusable but not
+  reentrant: peer-lessons (c) 6), full-jitter exponential backoff with a cap, and the backoff is
+  reset only once a connection has stayed up, so a flapping link cannot storm.
+* Retained ``status`` with a last will saying offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from agent.errors import AgentError, UplinkError, WireError
+from agent.uplink import topics
+from agent.uplink.flow import FullJitterBackoff, InflightWindow, TokenBucket
+
+log = logging.getLogger("agent.uplink")
+
+STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    seq: int
+    payload: bytes
+
+
+class Outbox(Protocol):
+    """What the drain needs from the journal (sync; called in a worker thread)."""
+
+    def pending(self, after_seq: int, limit: int) -> list[OutboxItem]:
+        """Unacked sealed records with ``seq > after_seq``, ascending, at most ``limit``."""
+        ...
+
+    def mark_sent(self, seqs: list[int]) -> None: ...
+
+    def ack(self, ranges: list[tuple[int, int]]) -> int:
+        """Mark acked (idempotent); returns how many were newly acked."""
+        ...
+
+    def unacked_count(self) -> int: ...
+
+    def max_seq(self) -> int:
+        """Highest sealed seq (0 when empty)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    published: int = 0
+    acked: int = 0
+    resent: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class UplinkSettings:
+    terminal: str
+    host: str
+    port: int
+    tls: TlsFiles | None = None
+    window: int = 32
+    backlog_rate: float = 200.0
+    ack_timeout_s: float = 30.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 300.0
+    keepalive_s: int = 30
+    client_id: str = ""
+    extra_subscriptions: tuple[str, ...] = field(default=(topics.BROADCAST_BLACKLIST,))
+
+
+CommandHandler = Callable[[str, bytes], Awaitable[None]]
+EventSink = Callable[[str, dict[str, object]], None]
+
+
+class UplinkSession:
+    """Owns the connection loop; ``run()`` until cancelled."""
+
+    def __init__(
+        self,
+        settings: UplinkSettings,
+        outbox: Outbox,
+        *,
+        encode_status: Callable[[bool], bytes],
+        decode_ack: Callable[[bytes], list[tuple[int, int]]],
+        on_command: CommandHandler | None = None,
+        on_event: EventSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s = settings
+        self.outbox = outbox
+        self._encode_status = encode_status
+        self._decode_ack = decode_ack
+        self._on_command = on_command
+        self._on_event = on_event
+        self._clock = clock
+        self.window = InflightWindow(settings.window)
+        self.backoff = FullJitterBackoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self.stats = UplinkStats()
+        self._wake = asyncio.Event()
+        self._online = False
+        self._online_changed = asyncio.Event()
+        self._live_mark = 0
+
+    # ---- public surface --------------------------------------------------------------------
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    def wake(self) -> None:
+        """A record was sealed: drain now rather than at the next tick."""
+        self._wake.set()
+
+    async def wait_online(self) -> None:
+        """Return once connected (wrap in ``asyncio.timeout`` to bound it)."""
+        while not self._online:
+            self._online_changed.clear()
+            await self._online_changed.wait()
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect with backoff; forever (cancel to stop)."""
+        while True:
+            started = self._clock()
+            try:
+                async with self._client() as client:
+                    self.stats.connects += 1
+                    await self._connected(client)
+            except* aiomqtt.MqttError as group:
+                # Errors surface from the reader, the drain or a publish task (hence a group).
+                err = group.exceptions[0]
+                self.stats.last_error = str(err)
+                self.stats.connect_failures += 1
+                log.info("uplink down: %s", err)
+            finally:
+                self._set_online(False)
+            if self._clock() - started >= STABLE_AFTER_S:
+                self.backoff.reset()
+            await asyncio.sleep(self.backoff.next())
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _emit(self, kind: str, data: dict[str, object]) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, data)
+
+    def _set_online(self, value: bool) -> None:
+        if value != self._online:
+            self._online = value
+            self._online_changed.set()
+            self._emit(
+                "uplink_online" if value else "uplink_offline", {"terminal": self.s.terminal}
+            )
+
+    def _client(self) -> aiomqtt.Client:
+        tls_context = None
+        if self.s.tls is not None:
+            tls_context = ssl.create_default_context(cafile=self.s.tls.ca_file)
+            tls_context.load_cert_chain(self.s.tls.cert_file, self.s.tls.key_file)
+        will = aiomqtt.Will(
+            topics.status(self.s.terminal), self._encode_status(False), qos=1, retain=True
+        )
+        return aiomqtt.Client(
+            self.s.host,
+            self.s.port,
+            identifier=self.s.client_id or f"ssc-{self.s.terminal}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=will,
+            keepalive=self.s.keepalive_s,
+            tls_context=tls_context,
+            timeout=10,
+            clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
+            # the journal is the queue: paho's own queue stays at the window size
+            max_queued_outgoing_messages=self.s.window * 2,
+        )
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        self.window.clear()
+        self._live_mark = await asyncio.to_thread(self.outbox.max_seq)
+        t = self.s.terminal
+        await client.subscribe(topics.ack(t), qos=1)
+        await client.subscribe(topics.cmd(t), qos=1)
+        for extra in self.s.extra_subscriptions:
+            await client.subscribe(extra, qos=1)
+        await client.publish(topics.status(t), self._encode_status(True), qos=1, retain=True)
+        self._set_online(True)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._reader(client), name="uplink-reader")
+            tg.create_task(self._drainer(client, tg), name="uplink-drain")
+
+    async def _reader(self, client: aiomqtt.Client) -> None:
+        ack_topic = topics.ack(self.s.terminal)
+        async for msg in client.messages:
+            topic = str(msg.topic)
+            payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
+            if topic == ack_topic:
+                try:
+                    ranges = self._decode_ack(bytes(payload))
+                except WireError as e:
+                    self._emit("ack_rejected", {"reason": e.code})
+                    continue
+                n = await asyncio.to_thread(self.outbox.ack, ranges)
+                self.window.ack(ranges)
+                self.stats.acked += n
+                self._wake.set()
+            elif self._on_command is not None:
+                try:
+                    await self._on_command(topic, bytes(payload))
+                except AgentError as e:  # a bad command never takes the uplink down
+                    self._emit("command_rejected", {"reason": e.code, "message": e.message})
+
+    async def _publish(self, client: aiomqtt.Client, item: OutboxItem) -> None:
+        try:
+            await client.publish(topics.tx(self.s.terminal), item.payload, qos=1, timeout=30)
+        except aiomqtt.MqttError:
+            # Connection lost mid-publish: the record stays unacked and is sent again on the
+            # next connection; central dedupes. Re-raise to restart the session.
+            self.window.discard(item.seq)
+            raise
+        self.stats.published += 1
+        await asyncio.to_thread(self.outbox.mark_sent, [item.seq])
+
+    async def _drainer(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        bucket = TokenBucket(self.s.backlog_rate, max(1.0, self.s.backlog_rate / 10), self._clock())
+        tick = min(1.0, self.s.ack_timeout_s / 4)
+        while True:
+            now = self._clock()
+            expired = self.window.expire(now, self.s.ack_timeout_s)
+            self.stats.resent += len(expired)
+            room = self.window.room
+            if room:
+                live = [
+                    i
+                    for i in await asyncio.to_thread(self.outbox.pending, self._live_mark, room)
+                    if i.seq not in self.window
+                ]
+                for item in live:
+                    self.window.add(item.seq, self._clock())
+                    tg.create_task(self._publish(client, item))
+                room -= len(live)
+            paced_wait = 0.0
+            if room:
+                batch = await asyncio.to_thread(
+                    self.outbox.pending, 0, self.window.size + len(self.window)
+                )
+                backlog = [
+                    i for i in batch if i.seq <= self._live_mark and i.seq not in self.window
+                ]
+                for item in backlog[:room]:
+                    paced_wait = bucket.try_take(self._clock())
+                    if paced_wait:
+                        break
+                    self.window.add(item.seq, self._clock())
+                    tg.create_task(self._publish(client, item))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), paced_wait or tick)
+
+
+async def drain_once(session: UplinkSession, limit_s: float) -> tuple[int, int, int]:
+    """Run ``session`` until the outbox is empty or ``limit_s``; returns (sent, acked, remaining).
+
+    Used by ``ssc-agent uplink drain``.
+    """
+    task = asyncio.create_task(session.run(), name="uplink")
+    deadline = session._clock() + limit_s
+    try:
+        while session._clock() < deadline:
+            if await asyncio.to_thread(session.outbox.unacked_count) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    remaining = await asyncio.to_thread(session.outbox.unacked_count)
+    if remaining and not session.stats.connects:
+        raise UplinkError(f"could not reach the broker: {session.stats.last_error or 'timeout'}")
+    return session.stats.published, session.stats.acked, remaining
