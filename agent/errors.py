@@ -57,6 +57,12 @@ class CardProtocolError(RemoteProtocolError):
     code = "card_protocol_error"
 
 
+class PrinterProtocolError(RemoteProtocolError):
+    """The receipt printer answered a status query with a byte that breaks its fixed bits."""
+
+    code = "printer_protocol_error"
+
+
 class ApduEncodingError(LocalProtocolError):
     """A command APDU could not be encoded (field out of range)."""
 
@@ -73,6 +79,12 @@ class AtrError(CardProtocolError):
     """Malformed answer-to-reset."""
 
     code = "atr_error"
+
+
+class IssuerScriptError(RemoteProtocolError):
+    """The bank host sent a malformed issuer script (templates 71/72, commands 86)."""
+
+    code = "issuer_script_error"
 
 
 class CardStatusError(AgentError):
@@ -171,6 +183,12 @@ class PcscServiceError(TransientDeviceError):
     code = "pcsc_unavailable"
 
 
+class ReaderBusyError(TransientDeviceError):
+    """Another application holds the card exclusively (PC/SC sharing violation)."""
+
+    code = "reader_busy"
+
+
 class DeviceTimeoutError(TransientDeviceError):
     """A device did not answer in time."""
 
@@ -190,6 +208,24 @@ class SecurityModuleError(AgentError):
     """The security module could not produce a MAC or key (missing key, wrong algorithm)."""
 
     code = "security_module"
+
+
+class PsamStatusError(SecurityModuleError):
+    """The PSAM refused a command with a status word (no key delivered, bad length, ...)."""
+
+    code = "psam_status"
+
+    def __init__(self, sw: int, message: str = "", *, command: str = "") -> None:
+        self.sw = sw
+        self.command = command
+        text = f"{message} (SW {sw:04X})" if message else f"PSAM answered SW {sw:04X}"
+        super().__init__(f"{command}: {text}" if command else text)
+
+
+class PsamKeyNotFoundError(PsamStatusError):
+    """The PSAM has no key for this usage and index (6A88, 9403)."""
+
+    code = "psam_key_not_found"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +263,31 @@ class ChainError(JournalError):
     """The sealed-record hash chain or a record MAC does not verify."""
 
     code = "chain_broken"
+
+
+class RecordFormatError(JournalError):
+    """A sealed record body does not have the fixed field set or a field has the wrong type."""
+
+    code = "bad_record"
+
+
+class DuplicateIntentError(JournalError):
+    """A transaction with this tx id or idempotency key is already journaled."""
+
+    code = "duplicate_intent"
+
+
+class BlacklistVersionError(JournalError):
+    """A blacklist delta does not start at the local version: a full snapshot is needed."""
+
+    code = "blacklist_version"
+
+
+class SealConflictError(JournalError):
+    """Another seal took the sequence number prepared for this one; prepare again."""
+
+    code = "seal_conflict"
+    retryable = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +343,15 @@ class UplinkUnavailableError(UplinkError):
     """Central is not reachable now."""
 
     code = "uplink_unavailable"
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulators (agent/sim): persisted device state
+# ---------------------------------------------------------------------------------------------
+class SimStateError(AgentError):
+    """A simulated device's saved state is missing, malformed or could not be written."""
+
+    code = "sim_state"
 
 
 # ---------------------------------------------------------------------------------------------
