@@ -332,6 +332,25 @@ class SignatureError(WireError):
     code = "bad_signature"
 
 
+class CommandRejectedError(SignatureError):
+    """A command from central was refused; ``reason`` is the code reported in the event.
+
+    Reasons: unsigned, bad_signature, replayed, expired, wrong_terminal, malformed.
+    """
+
+    code = "command_rejected"
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        self.reason = reason
+        super().__init__(message or f"command rejected: {reason}")
+
+
+class MessageEncodingError(LocalProtocolError):
+    """A message could not be built: a field is missing, of the wrong type or out of range."""
+
+    code = "message_encoding"
+
+
 class UplinkError(AgentError):
     """The uplink (MQTT) failed."""
 
