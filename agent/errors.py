@@ -311,6 +311,31 @@ class PolicyRefusal(TransactionError):
     code = "refused"
 
 
+class CardRefusedError(TransactionError):
+    """The card refused the operation; its record is journaled (and sealed) as failed.
+
+    ``code`` is the card error's code (``pin_wrong``, ``card_security``...); ``record`` is the
+    journaled transaction record (set by the engine; ``None`` if it could not be read back).
+    """
+
+    code = "card_refused"
+
+    def __init__(self, message: str = "", *, code: str | None = None, record: object = None):
+        super().__init__(message, code=code)
+        self.record = record
+
+
+class TransactionInDoubtError(TransactionError):
+    """The card left or failed after the write was sent: the outcome is unknown until the card
+    is seen again (the record is ``in_doubt``; ``record`` holds it)."""
+
+    code = "tx_in_doubt"
+
+    def __init__(self, message: str = "", *, code: str | None = None, record: object = None):
+        super().__init__(message, code=code)
+        self.record = record
+
+
 # ---------------------------------------------------------------------------------------------
 # Wire (CBOR messages, COSE) and uplink (MQTT)
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,222 @@
+"""One example of every message of ``messages.cddl`` (docs/MESSAGES.md, tests, integrators).
+
+The values are fixed (ids, times, keys), so the bytes are stable: docs/MESSAGES.md shows them
+in diagnostic notation and hex, and a test checks the document against :func:`examples`.
+The signing key is the RFC 8032 §7.1 TEST 1 secret key: public, for examples only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.wire import cose
+from agent.wire.cbor import decode, diagnostic
+from agent.wire.codec import (
+    AckMessage,
+    ApiEvent,
+    ApiRequest,
+    ApiResponse,
+    Authorize,
+    BlacklistDelta,
+    BlacklistSnapshot,
+    CardReplaced,
+    Command,
+    ConfigSet,
+    EventMessage,
+    Ping,
+    Report,
+    Resend,
+    StatusMessage,
+    TelemetryMessage,
+    TxMessage,
+    ssn_hash,
+)
+
+__all__ = ["EXAMPLE_KID", "Example", "example_signing_key", "examples"]
+
+EXAMPLE_KID = b"central-2025"
+_TEST1_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+TERMINAL = "440300000001"
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+CARD_A = bytes.fromhex("440300d15600000586001a2b3c4d5e6f")
+CARD_B = bytes.fromhex("110000d156000005860099aabbccddee")
+TX_ID = bytes.fromhex("019b7a4e1c007d3a8f2b4c5d6e7f8091")
+EVENT_ID = bytes.fromhex("019b7a4e1c427a11b2c3d4e5f6071829")
+CMD_ID = bytes.fromhex("019b7a4d00007cc0a1b2c3d4e5f60718")
+PREV_HASH = bytes.fromhex("5f" * 32)
+MAC = bytes.fromhex("1a2b3c4d5e6f7081")
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A named example: the CDDL rule it matches and its bytes."""
+
+    title: str
+    rule: str
+    cbor: bytes
+
+    @property
+    def diagnostic(self) -> str:
+        top_tag = cose.COSE_SIGN1_TAG if self.rule == "signed-command" else None
+        return diagnostic(decode(self.cbor, max_size=1 << 20, top_tag=top_tag))
+
+
+def example_signing_key() -> Ed25519PrivateKey:
+    """The RFC 8032 TEST 1 key (public knowledge; never for production)."""
+    return Ed25519PrivateKey.from_private_bytes(_TEST1_SECRET)
+
+
+def _command(body: object, counter: int, terminal: str = TERMINAL) -> Command:
+    return Command(CMD_ID, terminal, counter, T0, T0 + 3600, body)  # type: ignore[arg-type]
+
+
+def examples() -> list[Example]:
+    """Every message kind, with the rule it must match."""
+    lock = TxMessage(
+        terminal=TERMINAL,
+        seq=42,
+        tx_id=TX_ID,
+        kind="lock",
+        state="card_done",
+        result="ok",
+        created=T0,
+        offline=True,
+        prev_hash=PREV_HASH,
+        mac=MAC,
+        card_id_code=CARD_A,
+        reason="citizen_request",
+    )
+    loss = TxMessage(
+        terminal=TERMINAL,
+        seq=43,
+        tx_id=TX_ID,
+        kind="report_loss",
+        state="card_done",
+        result="ok",
+        created=T0 + 60,
+        offline=False,
+        prev_hash=lock.digest(),
+        mac=MAC,
+        card_number="A12345678",
+        ssn_hash=ssn_hash(b"example-ssn-key-0123456789", "000000190001010000"),  # fake
+    )
+    failed = TxMessage(
+        terminal=TERMINAL,
+        seq=44,
+        tx_id=TX_ID,
+        kind="pin_unblock",
+        state="failed",
+        result="no_authorization",
+        created=T0 + 120,
+        offline=True,
+        prev_hash=loss.digest(),
+        mac=MAC,
+        card_id_code=CARD_A,
+    )
+    key = example_signing_key()
+    commands = [
+        ("blacklist_snapshot", _command(BlacklistSnapshot(7, (CARD_A, CARD_B)), 100, "all")),
+        ("blacklist_delta", _command(BlacklistDelta(7, 8, (CARD_B,), (CARD_A,)), 101, "all")),
+        ("authorize", _command(Authorize("unlock", CARD_A, T0 + 86_400), 102)),
+        ("card_replaced", _command(CardReplaced(CARD_B), 103)),
+        ("config_set", _command(ConfigSet("log.level", "DEBUG"), 104)),
+        ("ping", _command(Ping(), 105)),
+        ("report", _command(Report(), 106)),
+        ("resend", _command(Resend(40), 107)),
+    ]
+    out = [
+        Example("tx: lock, card present, offline", "tx-record", lock.to_cbor()),
+        Example("tx: report_loss, card absent", "tx-record", loss.to_cbor()),
+        Example("tx: failed PIN unblock", "tx-record", failed.to_cbor()),
+        Example(
+            "event: blacklist_hit",
+            "event",
+            EventMessage(
+                TERMINAL,
+                EVENT_ID,
+                T0 + 5,
+                "blacklist_hit",
+                {"card": "4403****4d5e6f", "action": "auto_lock", "tx_seq": 45},
+            ).to_cbor(),
+        ),
+        Example(
+            "event: command_rejected",
+            "event",
+            EventMessage(
+                TERMINAL,
+                EVENT_ID,
+                T0 + 6,
+                "command_rejected",
+                {"reason": "expired", "command_id": CMD_ID},
+            ).to_cbor(),
+        ),
+        Example(
+            "status (retained)",
+            "status",
+            StatusMessage(
+                TERMINAL,
+                True,
+                "0.1.0",
+                T0,
+                {"reader": "ok", "psam": "ok", "printer": "paper_low", "backlog": 3},
+            ).to_cbor(),
+        ),
+        Example(
+            "status: last will",
+            "status",
+            StatusMessage(TERMINAL, False, "0.1.0", T0, {}).to_cbor(),
+        ),
+        Example(
+            "telemetry",
+            "telemetry",
+            TelemetryMessage(
+                TERMINAL, T0 + 300, {"tx_done": 12, "tx_failed": 1, "apdus": 980}
+            ).to_cbor(),
+        ),
+        Example("ack", "ack", AckMessage(TERMINAL, ((1, 41), (43, 44))).to_cbor()),
+    ]
+    for name, command in commands:
+        out.append(Example(f"command: {name} (payload)", "command", command.to_cbor()))
+    out.append(
+        Example(
+            "signed command: authorize (COSE_Sign1)",
+            "signed-command",
+            cose.sign(commands[2][1].to_cbor(), key, EXAMPLE_KID),
+        )
+    )
+    out += [
+        Example(
+            "API request",
+            "api-request",
+            ApiRequest(7, "tx.lock", {"reader": "kiosk-1", "reason": "citizen_request"}).to_cbor(),
+        ),
+        Example(
+            "API response: ok",
+            "api-response",
+            ApiResponse.success(7, {"tx_id": TX_ID, "state": "card_done"}).to_cbor(),
+        ),
+        Example(
+            "API response: error",
+            "api-response",
+            ApiResponse.failure(7, "card_removed", "the card left the reader").to_cbor(),
+        ),
+        Example(
+            "API event",
+            "api-event",
+            ApiEvent("card_inserted", {"reader": "kiosk-1"}).to_cbor(),
+        ),
+    ]
+    return out
+
+
+def markdown() -> str:
+    """The examples section of docs/MESSAGES.md (regenerate it with this function)."""
+    parts = []
+    for ex in examples():
+        parts.append(
+            f"### {ex.title}\n\nRule `{ex.rule}`, {len(ex.cbor)} bytes.\n\n"
+            f"```cbor-diag\n{ex.diagnostic}\n```\n\n```hex\n{ex.cbor.hex()}\n```\n"
+        )
+    return "\n".join(parts)
