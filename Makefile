@@ -32,8 +32,8 @@ demo: setup
 	$(BIN)/ssc-agent demo
 
 lint: setup
-	$(BIN)/ruff check agent tests hil_tests bench
-	$(BIN)/ruff format --check agent tests hil_tests bench
+	$(BIN)/ruff check agent tests $(wildcard hil_tests bench fuzz)
+	$(BIN)/ruff format --check agent tests $(wildcard hil_tests bench fuzz)
 
 typecheck: setup
 	$(BIN)/mypy
