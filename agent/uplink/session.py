@@ -26,7 +26,7 @@ from typing import Protocol
 import aiomqtt
 import paho.mqtt.client as paho
 
-from agent.errors import AgentError, UplinkError, WireError
+from agent.errors import AgentError, UplinkError, UplinkUnavailableError, WireError
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, InflightWindow, TokenBucket
 
@@ -126,6 +126,7 @@ class UplinkSession:
         self._online = False
         self._online_changed = asyncio.Event()
         self._live_mark = 0
+        self._client_now: aiomqtt.Client | None = None
 
     # ---- public surface --------------------------------------------------------------------
     @property
@@ -142,6 +143,23 @@ class UplinkSession:
             self._online_changed.clear()
             await self._online_changed.wait()
 
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish on the live connection (events, replies); ``UplinkUnavailableError`` when
+        offline or when the connection drops during the publish."""
+        client = self._client_now
+        if client is None or not self._online:
+            raise UplinkUnavailableError("uplink is offline")
+        try:
+            await client.publish(topic, payload, qos=qos, timeout=10)
+        except aiomqtt.MqttError as e:
+            raise UplinkUnavailableError(f"publish failed: {e}") from None
+
+    def resend_from(self, from_seq: int) -> None:
+        """Central asked for records from ``from_seq`` again: forget them as in flight, so the
+        drain publishes every unacked one of them now."""
+        self.window.ack([(from_seq, 2**63)])
+        self._wake.set()
+
     async def run(self) -> None:
         """Connect, drain, reconnect with backoff; forever (cancel to stop)."""
         while True:
@@ -157,6 +175,7 @@ class UplinkSession:
                 self.stats.connect_failures += 1
                 log.info("uplink down: %s", err)
             finally:
+                self._client_now = None
                 self._set_online(False)
             if self._clock() - started >= STABLE_AFTER_S:
                 self.backoff.reset()
@@ -206,6 +225,7 @@ class UplinkSession:
         for extra in self.s.extra_subscriptions:
             await client.subscribe(extra, qos=1)
         await client.publish(topics.status(t), self._encode_status(True), qos=1, retain=True)
+        self._client_now = client
         self._set_online(True)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._reader(client), name="uplink-reader")

@@ -1,0 +1,790 @@
+"""The reference central: the other half of the uplink (DESIGN §5).
+
+It is the simulator the tests and the demo run against and the example for integrators:
+
+* consumes ``$share/<group>/ssc/v1/+/tx`` and ``…/+/event`` (shared subscriptions, so several
+  instances split the load; they must share one database file for the chain check);
+* validates every message against ``messages.cddl``, recomputes the record digest from the
+  ``tx`` message (:func:`agent.uplink.outbox.parse_tx`), verifies the security-module MAC
+  (``verify_seal`` with the terminal number of the topic, which must be the record's) and the
+  hash chain per terminal. Records may arrive in any order: they are stored, and the chain is
+  verified over the contiguous prefix from seq 1; a break raises an ``alerts`` row;
+* dedupes by (terminal, seq): a duplicate with the same digest is acked again; one with another
+  digest is a ``conflict`` alert (its bytes kept in the alert) and is never overwritten;
+* stores in SQLite (WAL, ``synchronous=FULL``) and only then acks, batched as seq ranges, on
+  ``ssc/v1/<t>/ack``. A record whose MAC does not verify is never acked: an ack would let a
+  forger make the terminal drop a genuine record with the same seq;
+* keeps the blacklist (versioned, with a change log for deltas) and signs commands
+  (COSE_Sign1, Ed25519) with a monotonic counter kept in the database, a random id and an
+  issued/expires window: blacklist snapshot/delta (broadcast on ``ssc/v1/all/blacklist``),
+  authorize unlock|pin_reset|pin_unblock, card_replaced, config_set, ping, report, resend.
+  A terminal reporting ``command_rejected`` with ``need = "snapshot"`` gets a snapshot.
+
+The signing key is created (mode 0600) beside the database on first start unless one is given.
+
+Cost: zcbor's Python validator takes several milliseconds per record, far more than everything
+else central does; ``schema_every=N`` checks every N-th record against the CDDL (1 = every
+record, the default). Every record always goes through the strict codec (exact field set and
+types, canonical encoding) and the MAC and chain checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import sqlite3
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.errors import ConfigError, UplinkUnavailableError, WireError
+from agent.journal import Journal
+from agent.journal.codec import GENESIS_HASH
+from agent.profile import CardProfile
+from agent.psam.crypto import sm4_cbc_mac
+from agent.psam.soft import SEAL_MAC_LEN, seal_key, verify_seal
+from agent.uplink import topics
+from agent.uplink.flow import FullJitterBackoff, to_ranges
+from agent.uplink.outbox import parse_tx
+from agent.wire import cose, schema
+from agent.wire.codec import (
+    AckMessage,
+    Authorize,
+    BlacklistDelta,
+    BlacklistSnapshot,
+    CardReplaced,
+    Command,
+    CommandBody,
+    ConfigSet,
+    EventMessage,
+    Ping,
+    Report,
+    Resend,
+)
+
+__all__ = [
+    "CentralTls",
+    "ReferenceCentral",
+    "key_id",
+    "load_or_create_signing_key",
+    "seed_backlog",
+]
+
+log = logging.getLogger("agent.sim.central")
+
+AUTHORIZE_KINDS = ("unlock", "pin_reset", "pin_unblock")
+DEFAULT_COMMAND_TTL_S = 86_400
+MAX_BATCH = 1000
+MAX_ACK_RANGES = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    terminal    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    digest      BLOB NOT NULL,
+    prev_hash   BLOB NOT NULL,
+    mac         BLOB NOT NULL,
+    body        BLOB NOT NULL,
+    kind        TEXT,
+    tx_id       TEXT,
+    card        TEXT,
+    outcome     TEXT,
+    received_at INTEGER NOT NULL,
+    duplicates  INTEGER NOT NULL DEFAULT 0,
+    chain       TEXT NOT NULL DEFAULT 'pending' CHECK (chain IN ('pending', 'ok', 'broken')),
+    PRIMARY KEY (terminal, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS terminals (
+    terminal      TEXT PRIMARY KEY,
+    verified_seq  INTEGER NOT NULL DEFAULT 0,
+    verified_hash BLOB NOT NULL,
+    last_seen     INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    terminal    TEXT,
+    seq         INTEGER,
+    kind        TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    payload     BLOB,
+    UNIQUE (kind, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id BLOB NOT NULL UNIQUE,
+    at       INTEGER NOT NULL,
+    terminal TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    time     INTEGER NOT NULL,
+    data     BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, terminal TEXT NOT NULL, at INTEGER)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blacklist (card TEXT PRIMARY KEY, version INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blacklist_log (
+    version INTEGER PRIMARY KEY, base_version INTEGER NOT NULL, added TEXT NOT NULL,
+    removed TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    counter  INTEGER PRIMARY KEY,
+    id       BLOB NOT NULL UNIQUE,
+    terminal TEXT NOT NULL,
+    type     TEXT NOT NULL,
+    issued   INTEGER NOT NULL,
+    expires  INTEGER NOT NULL,
+    signed   BLOB NOT NULL
+);
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------------------------
+def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """The Ed25519 command-signing key in ``path`` (PKCS#8 PEM), created 0600 if missing."""
+    p = Path(path)
+    if not p.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another instance created it first: use theirs
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(f"signing key {p}: {exc.__class__.__name__}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"signing key {p} is not an Ed25519 key")
+    return key
+
+
+def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PrivateKey) -> bytes:
+    """The COSE ``kid``: first 8 bytes of SHA-256 of the raw public key."""
+    h = hashes.Hash(hashes.SHA256())
+    h.update(public_key_bytes(key))
+    return h.finalize()[:8]
+
+
+def default_key_path(db_path: str | os.PathLike[str]) -> Path:
+    """``<db>.signing-key`` beside the database."""
+    return Path(f"{db_path}.signing-key")
+
+
+# --------------------------------------------------------------------------------------------
+# Store
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class IngestResult:
+    acks: dict[str, list[int]] = field(default_factory=dict)
+    snapshot_for: set[str] = field(default_factory=set)
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CentralStore:
+    """Central's SQLite database (sync; one connection behind a lock)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, schema_every: int = 1) -> None:
+        self.path = Path(path)
+        self.schema_every = schema_every
+        self._tx_seen = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA busy_timeout = 10000")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    # ---- meta / counters ------------------------------------------------------------------
+    def meta(self, key: str, default: Any = None) -> Any:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else default
+
+    def _meta_int(self, c: sqlite3.Connection, key: str) -> int:
+        r = c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(r[0]) if r else 0
+
+    def log_command(self, make: Callable[[int], tuple[Command, bytes]]) -> tuple[Command, bytes]:
+        """Take the next counter and store the signed command, in one transaction."""
+        with self._write() as c:
+            counter = self._meta_int(c, "counter") + 1
+            command, signed = make(counter)
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('counter', ?)", (counter,))
+            c.execute(
+                "INSERT INTO commands (counter, id, terminal, type, issued, expires, signed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    counter,
+                    command.id,
+                    command.terminal,
+                    command.type,
+                    command.issued,
+                    command.expires,
+                    signed,
+                ),
+            )
+        return command, signed
+
+    # ---- blacklist --------------------------------------------------------------------------
+    def blacklist_version(self) -> int:
+        return int(self.meta("blacklist_version", 0))
+
+    def blacklist(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT card FROM blacklist ORDER BY card")]
+
+    def blacklist_change(self, add: Iterable[str], remove: Iterable[str]) -> BlacklistDelta | None:
+        """Apply a change as a new version; returns the delta (None when nothing changes)."""
+        with self._write() as c:
+            base = self._meta_int(c, "blacklist_version")
+            present = {r[0] for r in c.execute("SELECT card FROM blacklist").fetchall()}
+            added = sorted({a for a in add if a not in present})
+            removed = sorted({r for r in remove if r in present} - set(added))
+            if not added and not removed:
+                return None
+            version = base + 1
+            c.executemany(
+                "INSERT INTO blacklist (card, version) VALUES (?, ?)", ((a, version) for a in added)
+            )
+            c.executemany("DELETE FROM blacklist WHERE card = ?", ((r,) for r in removed))
+            c.execute(
+                "INSERT INTO blacklist_log (version, base_version, added, removed) "
+                "VALUES (?, ?, ?, ?)",
+                (version, base, ",".join(added), ",".join(removed)),
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('blacklist_version', ?)",
+                (version,),
+            )
+        return BlacklistDelta(
+            base, version, tuple(bytes.fromhex(a) for a in added),
+            tuple(bytes.fromhex(r) for r in removed),
+        )  # fmt: skip
+
+    # ---- cards ------------------------------------------------------------------------------
+    def last_terminal_of(self, card: str) -> str | None:
+        rows = self.query("SELECT terminal FROM cards WHERE card = ?", (card,))
+        return str(rows[0][0]) if rows else None
+
+    # ---- ingest -----------------------------------------------------------------------------
+    def _alert(
+        self,
+        c: sqlite3.Connection,
+        kind: str,
+        detail: str,
+        where: tuple[str | None, int | None],
+        payload: bytes,
+    ) -> None:
+        terminal, seq = where
+        log.warning("central alert %s terminal=%s seq=%s: %s", kind, terminal, seq, detail)
+        c.execute(
+            "INSERT OR IGNORE INTO alerts (at, terminal, seq, kind, detail, fingerprint, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                _now_ms(),
+                terminal,
+                seq,
+                kind,
+                detail[:500],
+                hashlib.sha256(payload).digest(),
+                payload[:65536],
+            ),
+        )
+
+    def ingest(self, items: Sequence[tuple[str, bytes]], profile: CardProfile) -> IngestResult:
+        """Verify and store a batch of (topic, payload) in one transaction; say what to ack."""
+        res = IngestResult()
+        touched: set[str] = set()
+        now = _now_ms()
+        with self._write() as c:
+            for topic, payload in items:
+                terminal = topics.terminal_of(topic)
+                if terminal is None:
+                    continue  # not ours (the subscriptions never deliver this)
+                if topic.endswith("/tx"):
+                    if self._ingest_tx(c, terminal, payload, profile, res):
+                        touched.add(terminal)
+                elif topic.endswith("/event"):
+                    self._ingest_event(c, terminal, payload, now, res)
+            for t in sorted(touched):
+                self._advance_chain(c, t)
+        return res
+
+    def _ingest_tx(
+        self,
+        c: sqlite3.Connection,
+        terminal: str,
+        payload: bytes,
+        profile: CardProfile,
+        res: IngestResult,
+    ) -> bool:
+        now = _now_ms()
+        self._tx_seen += 1
+        check_schema = self.schema_every > 0 and self._tx_seen % self.schema_every == 0
+        try:
+            rec = parse_tx(payload)
+            if check_schema:
+                schema.validate("tx-record", rec.obj)
+        except WireError as exc:
+            res.rejected += 1
+            self._alert(c, "malformed", exc.message, (terminal, None), payload)
+            return False
+        if rec.terminal != terminal:
+            res.rejected += 1
+            self._alert(
+                c, "terminal_mismatch", f"record of {rec.terminal} on the topic of {terminal}",
+                (terminal, rec.seq), payload,
+            )  # fmt: skip
+            return False
+        if not verify_seal(profile, bytes.fromhex(terminal), rec.digest, rec.mac):
+            res.rejected += 1
+            self._alert(c, "bad_mac", "seal MAC does not verify", (terminal, rec.seq), payload)
+            return False
+        acks = res.acks.setdefault(terminal, [])
+        old = c.execute(
+            "SELECT digest FROM records WHERE terminal = ? AND seq = ?", (terminal, rec.seq)
+        ).fetchone()
+        if old is not None:
+            if bytes(old[0]) == rec.digest:
+                res.duplicates += 1
+                c.execute(
+                    "UPDATE records SET duplicates = duplicates + 1 WHERE terminal = ? AND seq = ?",
+                    (terminal, rec.seq),
+                )
+            else:
+                # A second, validly sealed record with this seq: keep the first, keep this
+                # one's bytes in the alert, and ack so the terminal is not stuck resending.
+                self._alert(
+                    c, "conflict", "another record with this seq is already stored",
+                    (terminal, rec.seq), payload,
+                )  # fmt: skip
+            acks.append(rec.seq)
+            return False
+        f = rec.obj
+        c.execute(
+            "INSERT INTO records (terminal, seq, digest, prev_hash, mac, body, kind, tx_id, card, "
+            "outcome, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                terminal, rec.seq, rec.digest, rec.prev_hash, rec.mac, rec.body, f.get("kind"),
+                f.get("tx_id"), f.get("card_id_code"), f.get("outcome"), now,
+            ),
+        )  # fmt: skip
+        card = f.get("card_id_code")
+        if isinstance(card, str):
+            c.execute(
+                "INSERT INTO cards (card, terminal, at) VALUES (?, ?, ?) ON CONFLICT (card) "
+                "DO UPDATE SET terminal = excluded.terminal, at = excluded.at "
+                "WHERE excluded.at >= cards.at",
+                (card, terminal, int(f.get("completed_at") or now)),
+            )
+        res.stored += 1
+        acks.append(rec.seq)
+        return True
+
+    def _advance_chain(self, c: sqlite3.Connection, terminal: str) -> None:
+        """Verify the chain over the contiguous prefix stored since the last call."""
+        r = c.execute(
+            "SELECT verified_seq, verified_hash FROM terminals WHERE terminal = ?", (terminal,)
+        ).fetchone()
+        seq, prev = (int(r[0]), bytes(r[1])) if r else (0, GENESIS_HASH)
+        start = seq
+        while True:
+            row = c.execute(
+                "SELECT prev_hash, digest FROM records WHERE terminal = ? AND seq = ?",
+                (terminal, seq + 1),
+            ).fetchone()
+            if row is None:
+                break
+            seq += 1
+            ok = bytes(row[0]) == prev
+            if not ok:
+                self._alert(
+                    c, "chain_break", f"prev_hash of seq {seq} is not the digest of seq {seq - 1}",
+                    (terminal, seq), bytes(row[1]),
+                )  # fmt: skip
+            c.execute(
+                "UPDATE records SET chain = ? WHERE terminal = ? AND seq = ?",
+                ("ok" if ok else "broken", terminal, seq),
+            )
+            prev = bytes(row[1])
+        if r is None or seq != start:
+            c.execute(
+                "INSERT INTO terminals (terminal, verified_seq, verified_hash, last_seen) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (terminal) DO UPDATE SET "
+                "verified_seq = excluded.verified_seq, verified_hash = excluded.verified_hash, "
+                "last_seen = excluded.last_seen",
+                (terminal, seq, prev, _now_ms()),
+            )
+
+    def _ingest_event(
+        self, c: sqlite3.Connection, terminal: str, payload: bytes, now: int, res: IngestResult
+    ) -> None:
+        try:
+            ev = EventMessage.from_cbor(payload, validate=True)
+        except WireError as exc:
+            self._alert(c, "malformed_event", exc.message, (terminal, None), payload)
+            return
+        if ev.terminal != terminal:
+            self._alert(
+                c, "terminal_mismatch", "event of another terminal", (terminal, None), payload
+            )
+            return
+        cur = c.execute(
+            "INSERT OR IGNORE INTO events (event_id, at, terminal, type, time, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ev.id, now, terminal, ev.type, ev.time, payload),
+        )
+        if cur.rowcount and ev.type == "command_rejected" and ev.data.get("need") == "snapshot":
+            res.snapshot_for.add(terminal)
+
+
+# --------------------------------------------------------------------------------------------
+# The service
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CentralTls:
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host:port`` or ``mqtts://host:port`` -> (host, port, tls)."""
+    u = urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise ConfigError(f"broker URL must be mqtt://host:port or mqtts://host:port, got {url!r}")
+    return u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), u.scheme == "mqtts"
+
+
+def _card_hex(card: str) -> str:
+    c = card.strip().upper()
+    if len(c) != 32 or any(ch not in "0123456789ABCDEF" for ch in c):
+        raise ConfigError("a card identification code is 32 hex digits")
+    return c
+
+
+class ReferenceCentral:
+    """See the module docstring. ``await run()`` until cancelled; admin methods are async
+    (they publish on the running connection, or on a short one of their own when not running);
+    queries are sync."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        db_path: str | os.PathLike[str],
+        profile: CardProfile,
+        signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
+        *,
+        tls: CentralTls | None = None,
+        group: str = "central",
+        client_id: str | None = None,
+        schema_every: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.host, self.port, use_tls = parse_broker_url(broker_url)
+        if use_tls and tls is None:
+            raise ConfigError("mqtts:// needs the CA, certificate and key files")
+        self.tls = tls
+        self.group = group
+        self.client_id = client_id or f"{group}-{uuid.uuid4().hex[:10]}"
+        self.profile = profile
+        self.store = CentralStore(db_path, schema_every=schema_every)
+        if not isinstance(signing_key, Ed25519PrivateKey):
+            signing_key = load_or_create_signing_key(
+                signing_key if signing_key is not None else default_key_path(db_path)
+            )
+        self.key = signing_key
+        self.kid = key_id(signing_key)
+        self._clock = clock
+        self._client_now: aiomqtt.Client | None = None
+        self._ready = asyncio.Event()
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self.stats: dict[str, int] = {"stored": 0, "duplicates": 0, "rejected": 0, "acks": 0}
+
+    # ---- identity ---------------------------------------------------------------------------
+    @property
+    def public_key(self) -> bytes:
+        return public_key_bytes(self.key)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- connection -------------------------------------------------------------------------
+    def _client(self, identifier: str) -> aiomqtt.Client:
+        ctx = None
+        if self.tls is not None:
+            ctx = ssl.create_default_context(cafile=self.tls.ca_file)
+            ctx.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=identifier,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=ctx,
+            keepalive=30,
+            timeout=10,
+        )
+
+    async def wait_ready(self) -> None:
+        """Return once subscribed (wrap in ``asyncio.timeout``)."""
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        """Consume, verify, store and ack; reconnects with jitter until cancelled."""
+        backoff = FullJitterBackoff(0.1, 5.0)
+        while True:
+            try:
+                async with self._client(self.client_id) as client:
+                    await client.subscribe(topics.shared(self.group, "ssc/v1/+/tx"), qos=1)
+                    await client.subscribe(topics.shared(self.group, "ssc/v1/+/event"), qos=1)
+                    self._client_now = client
+                    self._ready.set()
+                    backoff.reset()
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._worker(client), name="central-worker")
+                        async for msg in client.messages:
+                            payload = msg.payload
+                            if isinstance(payload, bytes | bytearray):
+                                self._queue.put_nowait((str(msg.topic), bytes(payload)))
+            except* aiomqtt.MqttError as group:
+                log.info("central connection lost: %s", group.exceptions[0])
+            finally:
+                self._client_now = None
+                self._ready.clear()
+            await asyncio.sleep(backoff.next())
+
+    async def _worker(self, client: aiomqtt.Client) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            res = await asyncio.to_thread(self.store.ingest, batch, self.profile)
+            self.stats["stored"] += res.stored
+            self.stats["duplicates"] += res.duplicates
+            self.stats["rejected"] += res.rejected
+            for terminal, seqs in res.acks.items():
+                ranges = to_ranges(seqs)
+                for i in range(0, len(ranges), MAX_ACK_RANGES):
+                    ack = AckMessage(terminal, tuple(ranges[i : i + MAX_ACK_RANGES]))
+                    await client.publish(topics.ack(terminal), ack.to_cbor(), qos=1)
+                    self.stats["acks"] += 1
+            for terminal in sorted(res.snapshot_for):
+                await self.send_blacklist_snapshot(terminal)
+
+    async def _send(self, topic: str, payload: bytes) -> None:
+        client = self._client_now
+        if client is not None:
+            try:
+                await client.publish(topic, payload, qos=1, timeout=10)
+            except aiomqtt.MqttError as exc:
+                raise UplinkUnavailableError(f"publish failed: {exc}") from None
+            return
+        try:
+            async with self._client(f"{self.client_id}-admin") as once:
+                await once.publish(topic, payload, qos=1, timeout=10)
+        except aiomqtt.MqttError as exc:
+            raise UplinkUnavailableError(f"could not reach the broker: {exc}") from None
+
+    # ---- commands ---------------------------------------------------------------------------
+    def sign(self, terminal: str, body: CommandBody, ttl_s: int = DEFAULT_COMMAND_TTL_S) -> bytes:
+        """Sign a command (next counter, new id, issued now) and log it; returns COSE bytes."""
+        now = int(self._clock())
+
+        def make(counter: int) -> tuple[Command, bytes]:
+            cmd = Command(uuid.uuid4().bytes, terminal, counter, now, now + max(1, ttl_s), body)
+            return cmd, cose.sign(cmd.to_cbor(), self.key, self.kid)
+
+        return self.store.log_command(make)[1]
+
+    async def command(
+        self, terminal: str, body: CommandBody, ttl_s: int = DEFAULT_COMMAND_TTL_S
+    ) -> bytes:
+        """Sign and send a command to one terminal (``ssc/v1/<t>/cmd``); returns the bytes."""
+        signed = await asyncio.to_thread(self.sign, terminal, body, ttl_s)
+        await self._send(topics.cmd(terminal), signed)
+        return signed
+
+    async def broadcast(self, body: CommandBody, ttl_s: int = DEFAULT_COMMAND_TTL_S) -> bytes:
+        """Sign for ``"all"`` and send on ``ssc/v1/all/blacklist``."""
+        signed = await asyncio.to_thread(self.sign, "all", body, ttl_s)
+        await self._send(topics.BROADCAST_BLACKLIST, signed)
+        return signed
+
+    async def blacklist_add(self, cards: Iterable[str]) -> int:
+        """Add cards (32 hex digits); broadcasts the delta. Returns the new version."""
+        delta = await asyncio.to_thread(
+            self.store.blacklist_change, [_card_hex(c) for c in cards], []
+        )
+        if delta is not None:
+            await self.broadcast(delta)
+        return self.store.blacklist_version()
+
+    async def blacklist_remove(self, cards: Iterable[str]) -> int:
+        delta = await asyncio.to_thread(
+            self.store.blacklist_change, [], [_card_hex(c) for c in cards]
+        )
+        if delta is not None:
+            await self.broadcast(delta)
+        return self.store.blacklist_version()
+
+    async def send_blacklist_snapshot(self, terminal: str | None = None) -> int:
+        """The whole list at the current version, to one terminal or to all."""
+        version = self.store.blacklist_version()
+        body = BlacklistSnapshot(version, tuple(bytes.fromhex(c) for c in self.store.blacklist()))
+        if terminal is None:
+            await self.broadcast(body)
+        else:
+            await self.command(terminal, body)
+        return version
+
+    async def authorize(
+        self, kind: str, card: str, terminal: str | None = None, ttl_s: int = 3600
+    ) -> str:
+        """Authorize an offline unlock / PIN reset / PIN unblock of ``card``; to ``terminal`` or
+        the last terminal that reported the card. Returns the terminal."""
+        if kind not in AUTHORIZE_KINDS:
+            raise ConfigError(f"authorization kind must be one of {AUTHORIZE_KINDS}")
+        code = _card_hex(card)
+        target = terminal or self.store.last_terminal_of(code)
+        if target is None:
+            raise ConfigError("no terminal has reported this card: give --terminal")
+        expires = int(self._clock()) + max(1, ttl_s)
+        await self.command(target, Authorize(kind, bytes.fromhex(code), expires), ttl_s)
+        return target
+
+    async def card_replaced(self, card: str, terminal: str | None = None) -> None:
+        """The card was replaced: blacklist it and tell the terminals (all, or one)."""
+        code = _card_hex(card)
+        await self.blacklist_add([code])
+        body = CardReplaced(bytes.fromhex(code))
+        if terminal is None:
+            await self.broadcast(body)
+        else:
+            await self.command(terminal, body)
+
+    async def ping(self, terminal: str) -> None:
+        await self.command(terminal, Ping())
+
+    async def report(self, terminal: str) -> None:
+        await self.command(terminal, Report())
+
+    async def resend(self, terminal: str, from_seq: int) -> None:
+        await self.command(terminal, Resend(from_seq))
+
+    async def config_set(self, terminal: str, key: str, value: str | int | bool) -> None:
+        await self.command(terminal, ConfigSet(key, value))
+
+    # ---- queries ----------------------------------------------------------------------------
+    def records(self, terminal: str | None = None) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT terminal, seq, kind, tx_id, card, outcome, chain, duplicates, digest, "
+            "received_at FROM records WHERE (? IS NULL OR terminal = ?) ORDER BY terminal, seq",
+            (terminal, terminal),
+        )
+        keys = ("terminal", "seq", "kind", "tx_id", "card", "outcome", "chain", "duplicates")
+        return [
+            {
+                **dict(zip(keys, r[:8], strict=True)),
+                "digest": bytes(r[8]).hex(),
+                "received_at": r[9],
+            }
+            for r in rows
+        ]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT id, at, terminal, seq, kind, detail FROM alerts ORDER BY id"
+        )
+        keys = ("id", "at", "terminal", "seq", "kind", "detail")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def events(self, terminal: str | None = None) -> list[EventMessage]:
+        rows = self.store.query(
+            "SELECT data FROM events WHERE (? IS NULL OR terminal = ?) ORDER BY id",
+            (terminal, terminal),
+        )
+        return [EventMessage.from_cbor(bytes(r[0])) for r in rows]
+
+    def chain_state(self, terminal: str) -> tuple[int, int]:
+        """(verified contiguous seq, records stored) of a terminal."""
+        r = self.store.query("SELECT verified_seq FROM terminals WHERE terminal = ?", (terminal,))
+        n = self.store.query("SELECT COUNT(*) FROM records WHERE terminal = ?", (terminal,))
+        return (int(r[0][0]) if r else 0), int(n[0][0])
+
+
+def seed_backlog(
+    journal: Journal, terminal: str, n: int, profile: CardProfile, *, card: str | None = None
+) -> list[int]:
+    """Journal ``n`` completed, sealed lock records of ``terminal`` (a terminal with a backlog,
+    for tests, the benchmark and the demo), through the journal's own API. Returns the seqs."""
+    from agent.tx.records import Kind, TxRecord
+
+    key = seal_key(profile, bytes.fromhex(terminal))
+    code = card or "44030000D156000005" + "0" * 14
+    seqs = []
+    for _ in range(n):
+        rec = TxRecord(kind=Kind.LOCK, terminal_id=terminal, card_id_code=code, offline=True)
+        journal.create_intent(rec)
+        journal.transition(rec.tx_id, "card_confirmed", result="ok")
+        sealed = journal.seal(rec.tx_id, lambda d: sm4_cbc_mac(key, d)[:SEAL_MAC_LEN])
+        seqs.append(sealed.seq)
+    return seqs

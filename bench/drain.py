@@ -1,0 +1,204 @@
+"""Backlog drain benchmark: journal → uplink session → mosquitto → reference central (DESIGN §9).
+
+Prints ONE JSON object:
+
+* ``drain_rps``: records of a backlog drained to central's acks per second (the real journal,
+  ``JournalOutbox``, ``UplinkSession`` in this process; ``ssc-agent central`` in a child process;
+  a private mosquitto);
+* ``raw_paho_rps``: the same payloads published raw with paho-mqtt at QoS 1 (same in-flight
+  window) to the same broker in the same run, waiting for every PUBACK; ``ratio`` =
+  drain / raw (goal >= 0.5);
+* ``rss_kb``: peak RSS (``ru_maxrss`` from ``os.wait4``) of ``ssc-agent uplink drain`` child
+  processes draining the small and the large backlog; goal: within 10 MB of each other.
+
+``--quick`` uses 2,000 / 10,000 records instead of 10,000 / 100,000 (and says so).
+Backlogs are written straight into the journal's tables in one transaction (the same canonical
+bodies, chain and seal MACs the journal's ``seal`` makes; checked with ``verify_chain``):
+sealing 100,000 records one durable transaction at a time would take minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from agent.journal import Journal
+from agent.journal.codec import GENESIS_HASH, body_fields, encode_body, record_digest
+from agent.profile import load_profile
+from agent.psam.crypto import sm4_cbc_mac
+from agent.psam.soft import SEAL_MAC_LEN, seal_key
+from agent.testing.mosquitto import Mosquitto
+from agent.tx.machine import TABLE
+from agent.tx.records import Kind, TxRecord
+from agent.uplink.outbox import JournalOutbox
+from agent.uplink.session import UplinkSession, UplinkSettings, drain_once
+from agent.wire.codec import StatusMessage, ack_ranges
+
+TERMINAL = "440300907950"
+WINDOW = int(os.environ.get("BENCH_WINDOW", "64"))
+CENTRAL_SCHEMA_EVERY = 100
+CLI = [sys.executable, "-m", "agent"]
+
+
+def make_backlog(state_dir: Path, n: int) -> Path:
+    """A journal with ``n`` sealed, unacked lock records (bulk insert, see module doc)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "journal.db"
+    Journal(path, transitions=TABLE).close()  # type: ignore[arg-type]  # schema + key
+    key = seal_key(load_profile("default"), bytes.fromhex(TERMINAL))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    prev = GENESIS_HASH
+    now = time.time_ns() // 1_000_000
+    for seq in range(1, n + 1):
+        rec = TxRecord(
+            kind=Kind.LOCK, terminal_id=TERMINAL, card_id_code="44030000D15600000500000000000001",
+            offline=True, result="ok", outcome="done", created_at=now,
+        )  # fmt: skip
+        body = encode_body(body_fields(rec, seq, prev))
+        digest = record_digest(body)
+        mac = sm4_cbc_mac(key, digest)[:SEAL_MAC_LEN]
+        conn.execute(
+            "INSERT INTO transactions (tx_id, kind, state, card_id_code, terminal_id, offline, "
+            "outcome, result, created_at, updated_at, seq) VALUES (?, ?, 'sealed', ?, ?, 1, "
+            "'done', 'ok', ?, ?, ?)",
+            (rec.tx_id, "lock", rec.card_id_code, TERMINAL, now, now, seq),
+        )
+        conn.execute(
+            "INSERT INTO outbox (seq, tx_id, body, hash, prev_hash, mac, state, sealed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'sealed', ?)",
+            (seq, rec.tx_id, body, digest, prev, mac, now),
+        )
+        prev = digest
+    conn.execute("COMMIT")
+    conn.close()
+    return state_dir
+
+
+def start_central(broker: Mosquitto, db: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [*CLI, "central", "--broker", broker.url, "--db", str(db),
+         "--schema-every", str(CENTRAL_SCHEMA_EVERY)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.5)  # import + subscribe
+    return proc
+
+
+async def drain_rate(state: Path, port: int, n: int) -> float:
+    journal = Journal(state / "journal.db", transitions=TABLE)  # type: ignore[arg-type]
+    settings = UplinkSettings(
+        terminal=TERMINAL, host="127.0.0.1", port=port, window=WINDOW, backlog_rate=1e6,
+        ack_timeout_s=10.0, reconnect_min_s=0.1, reconnect_max_s=1.0,
+    )  # fmt: skip
+    session = UplinkSession(
+        settings,
+        JournalOutbox(journal),
+        encode_status=lambda on: StatusMessage(TERMINAL, on, "bench", int(time.time())).to_cbor(),
+        decode_ack=lambda p: ack_ranges(p, TERMINAL),
+    )
+    t0 = time.perf_counter()
+    _, _, remaining = await drain_once(session, 600)
+    elapsed = time.perf_counter() - t0
+    journal.close()
+    if remaining:
+        raise SystemExit(f"drain left {remaining} records")
+    return n / elapsed
+
+
+def raw_paho_rate(port: int, payloads: list[bytes]) -> float:
+    done = threading.Event()
+    acked = 0
+
+    def on_publish(*_a: Any) -> None:
+        nonlocal acked
+        acked += 1
+        if acked == len(payloads):
+            done.set()
+
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    c.max_inflight_messages_set(WINDOW)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for p in payloads:
+        c.publish(f"ssc/v1/{TERMINAL}/tx-raw", p, qos=1)
+    done.wait(600)
+    elapsed = time.perf_counter() - t0
+    c.loop_stop()
+    c.disconnect()
+    return len(payloads) / elapsed
+
+
+def child_rss_kb(state: Path, broker: Mosquitto) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.Popen(
+        [*CLI, "uplink", "drain", "--state-dir", str(state), "--broker", broker.url,
+         "--timeout", "900", "--rate", "1000000", "--window", str(WINDOW), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, _, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return rusage.ru_maxrss, json.loads(out or b"{}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 / 10,000 records")
+    args = ap.parse_args()
+    small, large = (2_000, 10_000) if args.quick else (10_000, 100_000)
+    with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
+        root = Path(tmp)
+        rate_state = make_backlog(root / "rate", small)
+        j = Journal(rate_state / "journal.db", transitions=TABLE)  # type: ignore[arg-type]
+        assert j.verify_chain().ok
+        payloads = [item.payload for item in JournalOutbox(j).pending(0, small)]
+        j.close()
+        with Mosquitto(root / "mq") as broker:
+            central = start_central(broker, root / "central.db")
+            try:
+                raw = raw_paho_rate(broker.port, payloads)
+                drain = asyncio.run(drain_rate(rate_state, broker.port, small))
+                rss_small, r1 = child_rss_kb(make_backlog(root / "small", small), broker)
+                rss_large, r2 = child_rss_kb(make_backlog(root / "large", large), broker)
+            finally:
+                central.terminate()
+                central.wait(10)
+    print(
+        json.dumps(
+            {
+                "bench": "drain",
+                "quick": args.quick,
+                "records": small,
+                "window": WINDOW,
+                "central_schema_every": CENTRAL_SCHEMA_EVERY,
+                "drain_rps": round(drain, 1),
+                "raw_paho_rps": round(raw, 1),
+                "ratio": round(drain / raw, 3),
+                "ratio_goal": 0.5,
+                "rss_kb": {str(small): rss_small, str(large): rss_large},
+                "rss_delta_mb": round((rss_large - rss_small) / 1024, 2),
+                "rss_goal_mb": 10,
+                "rss_drains": {str(small): r1, str(large): r2},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The reference central: what it receives on the wire, how it verifies, dedupes and acks.
+
+* ``mosquitto_sub`` (the Debian client) on ``ssc/v1/+/tx`` gets CBOR that decodes and matches
+  ``messages.cddl``, and from which the sealed digest is rebuilt byte for byte;
+* with TLS and the per-terminal ACL a terminal certificate cannot publish on another
+  terminal's topics (central never sees it) while its own drain works end to end;
+* the store: out-of-order arrival, duplicates, conflicts, bad MACs, chain breaks, terminal
+  mismatch and garbage (``CentralStore.ingest`` directly, no broker needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from agent.journal import Journal
+from agent.profile import CardProfile, load_profile
+from agent.sim.central import CentralStore, CentralTls, ReferenceCentral, seed_backlog
+from agent.testing.mosquitto import Mosquitto
+from agent.tx.machine import TABLE
+from agent.uplink.outbox import JournalOutbox, parse_tx, tx_payload
+from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings, drain_once
+from agent.wire import schema
+from agent.wire.cbor import decode, encode
+from agent.wire.codec import StatusMessage, ack_ranges
+
+T = "440300907950"
+U = "440300907951"
+
+
+@pytest.fixture(scope="module")
+def profile() -> CardProfile:
+    return load_profile("default")
+
+
+def _journal(path: Path) -> Journal:
+    return Journal(path, transitions=TABLE)  # type: ignore[arg-type]
+
+
+def _session(
+    terminal: str, port: int, outbox: JournalOutbox, tls: TlsFiles | None = None
+) -> UplinkSession:
+    settings = UplinkSettings(
+        terminal=terminal, host="127.0.0.1", port=port, tls=tls, backlog_rate=5000.0,
+        ack_timeout_s=3.0, reconnect_min_s=0.1, reconnect_max_s=0.5,
+    )  # fmt: skip
+    return UplinkSession(
+        settings,
+        outbox,
+        encode_status=lambda on: StatusMessage(terminal, on, "t", int(time.time())).to_cbor(),
+        decode_ack=lambda p: ack_ranges(p, terminal),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(central: ReferenceCentral) -> AsyncIterator[ReferenceCentral]:
+    task = asyncio.create_task(central.run())
+    try:
+        async with asyncio.timeout(10):
+            await central.wait_ready()
+        yield central
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        central.close()
+
+
+# --------------------------------------------------------------------------------------------
+# On the wire
+# --------------------------------------------------------------------------------------------
+@pytest.mark.mqtt
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="needs mosquitto-clients")
+async def test_mosquitto_sub_sees_cddl_valid_records(tmp_path: Path, profile: CardProfile) -> None:
+    j = _journal(tmp_path / "journal.db")
+    seed_backlog(j, T, 20, profile)
+    with Mosquitto(tmp_path / "mq") as broker:
+        sub = await asyncio.create_subprocess_exec(
+            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5",
+            "-q", "1", "-t", "ssc/v1/+/tx", "-C", "20", "-F", "%t %x", "-W", "20",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)  # let it subscribe
+        central = ReferenceCentral(broker.url, tmp_path / "central.db", profile)
+        async with running(central):
+            _, acked, remaining = await drain_once(_session(T, broker.port, JournalOutbox(j)), 20)
+        async with asyncio.timeout(20):
+            raw, _ = await sub.communicate()
+        out = raw.decode()
+    assert (acked, remaining) == (20, 0)
+    lines = out.split()
+    pairs = list(zip(lines[::2], lines[1::2], strict=True))
+    assert len(pairs) >= 20
+    seen = set()
+    for topic, hexdata in pairs:
+        assert topic == f"ssc/v1/{T}/tx"
+        payload = bytes.fromhex(hexdata)
+        obj = decode(payload)
+        schema.validate("tx-record", obj)  # the one schema
+        rec = parse_tx(payload)
+        sealed = j.sealed_record(rec.seq)
+        assert sealed is not None
+        assert rec.body == sealed.body  # central rebuilds the exact sealed bytes
+        assert rec.digest == sealed.hash
+        assert payload == tx_payload(sealed)
+        seen.add(rec.seq)
+    assert seen == set(range(1, 21))
+    j.close()
+
+
+@pytest.mark.mqtt
+async def test_tls_acl_terminal_cannot_publish_for_another(
+    tmp_path: Path, profile: CardProfile
+) -> None:
+    other = _journal(tmp_path / "other.db")
+    seed_backlog(other, U, 3, profile)  # genuine, validly sealed records of terminal U
+    forged = [tx_payload(r) for r in other.unacked(0, 10)]
+    other.close()
+    j = _journal(tmp_path / "journal.db")
+    seed_backlog(j, T, 10, profile)
+    with Mosquitto(tmp_path / "mq", tls=True) as broker:
+        assert broker.tls_files is not None
+        ca = str(broker.tls_files.ca)
+        ccert, ckey = broker.tls_files.client("central")
+        tcert, tkey = broker.tls_files.client(T)
+        central = ReferenceCentral(
+            broker.url, tmp_path / "central.db", profile,
+            tls=CentralTls(ca, str(ccert), str(ckey)),
+        )  # fmt: skip
+        async with running(central):
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=ca)
+            ctx.load_cert_chain(str(tcert), str(tkey))
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, identifier="t-forger", tls_context=ctx,
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as c:  # fmt: skip
+                for payload in forged:
+                    # the broker refuses (MQTT 5 reason 135) or drops it; never delivered
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await c.publish(f"ssc/v1/{U}/tx", payload, qos=1)
+            tls = TlsFiles(ca, str(tcert), str(tkey))
+            _, acked, remaining = await drain_once(
+                _session(T, broker.port, JournalOutbox(j), tls), 20
+            )
+            await asyncio.sleep(0.3)
+            assert (acked, remaining) == (10, 0)
+            assert [r["seq"] for r in central.records(T)] == list(range(1, 11))
+            assert central.records(U) == []
+            assert central.alerts() == []  # it never even reached central
+    j.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def two_forks(tmp_path: Path, profile: CardProfile) -> tuple[list[bytes], list[bytes]]:
+    """Two journals of the same terminal: validly sealed, same seqs, different records."""
+    out = []
+    for name in ("a", "b"):
+        j = _journal(tmp_path / f"{name}.db")
+        seed_backlog(j, T, 5, profile)
+        out.append([tx_payload(r) for r in j.unacked(0, 10)])
+        j.close()
+    return out[0], out[1]
+
+
+def _tx(payloads: list[bytes], *seqs: int, terminal: str = T) -> list[tuple[str, bytes]]:
+    return [(f"ssc/v1/{terminal}/tx", payloads[s - 1]) for s in seqs]
+
+
+def test_store_out_of_order_then_contiguous(
+    tmp_path: Path, profile: CardProfile, two_forks: tuple[list[bytes], list[bytes]]
+) -> None:
+    a, _ = two_forks
+    store = CentralStore(tmp_path / "c.db")
+    res = store.ingest(_tx(a, 3, 5), profile)
+    assert sorted(res.acks[T]) == [3, 5]
+    rows = store.query("SELECT seq, chain FROM records ORDER BY seq")
+    assert rows == [(3, "pending"), (5, "pending")]
+    store.ingest(_tx(a, 1, 2, 4), profile)
+    rows = store.query("SELECT seq, chain FROM records ORDER BY seq")
+    assert rows == [(s, "ok") for s in range(1, 6)]
+    assert store.query("SELECT COUNT(*) FROM alerts") == [(0,)]
+    store.close()
+
+
+def test_store_duplicate_and_conflict(
+    tmp_path: Path, profile: CardProfile, two_forks: tuple[list[bytes], list[bytes]]
+) -> None:
+    a, b = two_forks
+    store = CentralStore(tmp_path / "c.db")
+    store.ingest(_tx(a, 1, 2), profile)
+    res = store.ingest(_tx(a, 2), profile)  # the same record again: acked again
+    assert (res.acks[T], res.duplicates, res.stored) == ([2], 1, 0)
+    before = store.query("SELECT digest FROM records WHERE seq = 2")
+    res = store.ingest(_tx(b, 2), profile)  # a different record with seq 2: conflict
+    assert res.acks[T] == [2]
+    assert store.query("SELECT digest FROM records WHERE seq = 2") == before  # not overwritten
+    kinds = [r[0] for r in store.query("SELECT kind FROM alerts")]
+    assert kinds == ["conflict"]
+    store.close()
+
+
+def test_store_chain_break_bad_mac_mismatch_garbage(
+    tmp_path: Path, profile: CardProfile, two_forks: tuple[list[bytes], list[bytes]]
+) -> None:
+    a, b = two_forks
+    store = CentralStore(tmp_path / "c.db")
+    res = store.ingest(_tx(a, 1) + _tx(b, 2), profile)  # b's seq 2 does not link to a's seq 1
+    assert sorted(res.acks[T]) == [1, 2]
+    assert store.query("SELECT seq, chain FROM records ORDER BY seq") == [(1, "ok"), (2, "broken")]
+    obj = decode(a[2])
+    obj["mac"] = bytes(b ^ 1 for b in obj["mac"])  # a wrong MAC, everything else intact
+    tampered = encode(obj)
+    res = store.ingest(
+        [(f"ssc/v1/{T}/tx", tampered), *_tx(a, 4, terminal=U), (f"ssc/v1/{T}/tx", b"\xa1")],
+        profile,
+    )
+    assert res.acks == {}  # nothing of these is acked
+    assert res.rejected == 3
+    kinds = sorted(r[0] for r in store.query("SELECT kind FROM alerts"))
+    assert kinds == ["bad_mac", "chain_break", "malformed", "terminal_mismatch"]
+    store.close()

@@ -1,0 +1,212 @@
+"""The agent's command handler over a real journal and the real verifier (no broker).
+
+Commands are signed by the reference central's own signer (``ReferenceCentral.sign``), so the
+bytes are exactly what central publishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.journal import Journal
+from agent.profile import load_profile
+from agent.sim.central import ReferenceCentral, key_id, seed_backlog
+from agent.tx.machine import TABLE
+from agent.uplink.commands import CommandHandler, JournalReplayStore
+from agent.wire import cose
+from agent.wire.codec import (
+    Authorize,
+    BlacklistDelta,
+    BlacklistSnapshot,
+    CardReplaced,
+    Command,
+    ConfigSet,
+    EventMessage,
+    Ping,
+    Report,
+    Resend,
+)
+from agent.wire.commands import CommandVerifier
+
+T = "440300907950"
+OTHER = "440300907951"
+CARD_A = "44030000D15600000500000000000001"
+CARD_B = "44030000D15600000500000000000002"
+
+
+class Harness:
+    def __init__(self, tmp: Path) -> None:
+        self.journal = Journal(tmp / "journal.db", transitions=TABLE)  # type: ignore[arg-type]
+        self.central = ReferenceCentral(
+            "mqtt://127.0.0.1:1", tmp / "central.db", load_profile("default")
+        )
+        self.now = time.time()
+        verifier = CommandVerifier(
+            {self.central.kid: self.central.key.public_key()},
+            T,
+            lambda: self.now,
+            JournalReplayStore(self.journal),
+        )
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.published: list[bytes] = []
+        self.resends: list[int] = []
+
+        async def publish(topic: str, payload: bytes) -> None:
+            assert topic == f"ssc/v1/{T}/event"
+            self.published.append(payload)
+
+        self.handler = CommandHandler(
+            verifier,
+            self.journal,
+            T,
+            lambda k, d: self.events.append((k, d)),
+            on_resend=self.resends.append,
+        )
+        self.handler.reporter.publisher = publish
+
+    async def send(
+        self, body: Any, terminal: str = T, ttl: int = 600
+    ) -> tuple[str, dict[str, Any]]:
+        await self.handler(f"ssc/v1/{T}/cmd", self.central.sign(terminal, body, ttl))
+        return self.events[-1]
+
+    def close(self) -> None:
+        self.journal.close()
+        self.central.close()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def _card(code: str) -> bytes:
+    return bytes.fromhex(code)
+
+
+async def test_blacklist_snapshot_then_delta(h: Harness) -> None:
+    kind, data = await h.send(BlacklistSnapshot(3, (_card(CARD_A),)))
+    assert (kind, data["version"], data["size"]) == ("blacklist_updated", 3, 1)
+    assert h.journal.is_blacklisted(CARD_A)
+    kind, data = await h.send(BlacklistDelta(3, 4, (_card(CARD_B),), (_card(CARD_A),)))
+    assert kind == "blacklist_updated"
+    assert h.journal.blacklist_version() == 4
+    assert not h.journal.is_blacklisted(CARD_A)
+    assert h.journal.is_blacklisted(CARD_B)
+
+
+async def test_delta_on_wrong_base_asks_for_a_snapshot(h: Harness) -> None:
+    kind, data = await h.send(BlacklistDelta(7, 8, (_card(CARD_A),), ()))
+    assert kind == "command_rejected"
+    assert (data["reason"], data["need"], data["local_version"]) == (
+        "blacklist_version",
+        "snapshot",
+        0,
+    )
+    assert not h.journal.is_blacklisted(CARD_A)
+
+
+async def test_authorization_is_stored(h: Harness) -> None:
+    expires = int(h.now) + 3600
+    kind, data = await h.send(Authorize("unlock", _card(CARD_A), expires))
+    assert (kind, data["kind"], data["new"]) == ("command_applied", "unlock", True)
+    auth = h.journal.find_valid_authorization(CARD_A, "unlock")
+    assert auth is not None
+    assert auth.expires_at == expires * 1000
+    assert h.journal.find_valid_authorization(CARD_A, "pin_reset") is None
+
+
+async def test_card_replaced_is_blacklisted_as_replaced_and_survives_snapshots(
+    h: Harness,
+) -> None:
+    await h.send(BlacklistSnapshot(5, ()))
+    kind, _ = await h.send(CardReplaced(_card(CARD_A)))
+    assert kind == "command_applied"
+    assert h.journal.blacklist_reason(CARD_A) == "replaced"
+    assert h.journal.blacklist_version() == 5  # still central's version
+    await h.send(BlacklistSnapshot(6, (_card(CARD_B),)))
+    assert h.journal.blacklist_reason(CARD_A) == "replaced"
+    await h.send(BlacklistDelta(6, 7, (), (_card(CARD_B),)))
+    assert h.journal.blacklist_reason(CARD_A) == "replaced"
+    assert not h.journal.is_blacklisted(CARD_B)
+
+
+async def test_config_ping_report_resend(h: Harness) -> None:
+    kind, data = await h.send(ConfigSet("uplink.backlog_rate", 50))
+    assert (kind, data["key"], data["value"], data["pending"]) == (
+        "config_changed",
+        "uplink.backlog_rate",
+        50,
+        True,
+    )
+    kind, _ = await h.send(Ping())
+    assert kind == "pong"
+    seed_backlog(h.journal, T, 5, load_profile("default"))
+    h.journal.mark_sent([1, 2, 3])
+    kind, data = await h.send(Report())
+    assert (kind, data["unacked"], data["last_seq"]) == ("command_applied", 5, 5)
+    kind, data = await h.send(Resend(2))
+    assert (kind, data["unacked"]) == ("command_applied", 4)
+    assert h.resends == [2]
+    assert {r.seq: r.state for r in h.journal.unacked(0, 10)} == {
+        1: "sent",
+        2: "sealed",
+        3: "sealed",
+        4: "sealed",
+        5: "sealed",
+    }
+
+
+def _raw_command(h: Harness, counter: int, issued: float, ttl: int = 600) -> bytes:
+    return Command(b"\x01" * 16, T, counter, int(issued), int(issued) + ttl, Ping()).to_cbor()
+
+
+async def _reason(h: Harness, payload: bytes) -> str:
+    before = len(h.events)
+    await h.handler(f"ssc/v1/{T}/cmd", payload)
+    assert len(h.events) == before + 1
+    kind, data = h.events[-1]
+    assert kind == "command_rejected"
+    return str(data["reason"])
+
+
+async def test_rejections_are_events(h: Harness) -> None:
+    good = h.central.sign(T, Ping())
+    await h.handler(f"ssc/v1/{T}/cmd", good)
+    assert h.events[-1][0] == "pong"
+    # replayed: the same signed bytes again
+    assert await _reason(h, good) == "replayed"
+    # unsigned: a bare command
+    assert await _reason(h, _raw_command(h, 99, h.now)) == "unsigned"
+    # forged: signed by another key under central's kid
+    forged = cose.sign(_raw_command(h, 100, h.now), Ed25519PrivateKey.generate(), h.central.kid)
+    assert await _reason(h, forged) == "bad_signature"
+    other = Ed25519PrivateKey.generate()
+    assert await _reason(h, cose.sign(_raw_command(h, 101, h.now), other, key_id(other))) == (
+        "bad_signature"
+    )
+    # expired: issued an hour ago, valid 10 minutes
+    h.now += 3600
+    assert await _reason(h, h.central.sign(T, Ping(), 600)) == "expired"
+    h.now -= 3600
+    # wrong terminal
+    assert await _reason(h, h.central.sign(OTHER, Ping())) == "wrong_terminal"
+    # malformed: garbage and a valid signature over garbage
+    assert await _reason(h, b"\xff\x00garbage") in ("malformed", "unsigned")
+    junk = cose.sign(cbor2.dumps({"not": "a command"}), h.central.key, h.central.kid)
+    assert await _reason(h, junk) == "malformed"
+    # every rejection is in the journal and was published as a wire event
+    stored = [e for e in h.journal.events(0, 100) if e.kind == "command_rejected"]
+    assert len(stored) == 8
+    published = [EventMessage.from_cbor(p, validate=True) for p in h.published]
+    assert [e.type for e in published].count("command_rejected") == 8
+    assert all(e.reported for e in h.journal.events(0, 100))
