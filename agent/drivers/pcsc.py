@@ -25,6 +25,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -94,6 +95,7 @@ SCARD_W_UNRESPONSIVE_CARD = _code("SCARD_W_UNRESPONSIVE_CARD", 0x80100066)
 SCARD_W_UNPOWERED_CARD = _code("SCARD_W_UNPOWERED_CARD", 0x80100067)
 SCARD_W_RESET_CARD = _code("SCARD_W_RESET_CARD", 0x80100068)
 SCARD_W_REMOVED_CARD = _code("SCARD_W_REMOVED_CARD", 0x80100069)
+SCARD_PRESENT = _code("SCARD_PRESENT", 0x0004)  # SCardStatus dwState (pcsclite.h)
 
 # A context (or card handle) in this state is dead: release it and establish a new one.
 _SERVICE_LOST = frozenset(
@@ -155,6 +157,18 @@ def _is_service_lost(exc: AgentError) -> bool:
     return isinstance(exc, PcscServiceError)
 
 
+class _Job:
+    __slots__ = ("done", "fn", "fut", "loop")
+
+    def __init__(
+        self, fn: Callable[[], Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.fn = fn
+        self.fut = fut
+        self.loop = loop
+        self.done = threading.Event()  # set when the thread is finished with this job
+
+
 class _Worker:
     """A single daemon thread that runs blocking calls in order and answers on the loop.
 
@@ -163,9 +177,7 @@ class _Worker:
     """
 
     def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self.closed = False
@@ -175,23 +187,45 @@ class _Worker:
             job = self._jobs.get()
             if job is None:
                 return
-            fn, fut, loop = job
-            if fut.cancelled():
-                continue
             try:
-                result = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-                loop.call_soon_threadsafe(_settle, fut, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, fut, result, None)
+                if job.fut.cancelled():
+                    continue
+                try:
+                    result = job.fn()
+                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                    self._answer(job, None, exc)
+                else:
+                    self._answer(job, result, None)
+            finally:
+                job.done.set()
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    @staticmethod
+    def _answer(job: _Job, result: object, exc: BaseException | None) -> None:
+        # the loop may be gone (test or process ending): nobody is left to tell
+        with contextlib.suppress(RuntimeError):
+            job.loop.call_soon_threadsafe(_settle, job.fut, result, exc)
+
+    async def run(self, fn: Callable[[], T], canceller: Callable[[], None] | None = None) -> T:
+        """Run ``fn`` on the thread. If the caller is cancelled, ``canceller`` is called until
+        the thread lets go of the job, so a blocking call is never left running (the wake-up
+        signal can otherwise arrive before the call has started, and be lost).
+        """
         if self.closed:
             raise DeviceError("PC/SC reader is closed", code="pcsc_closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, fut, loop))
-        return await fut
+        job = _Job(fn, fut, loop)
+        self._jobs.put(job)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if canceller is not None:
+                for _ in range(200):  # bounded: 10 s
+                    if job.done.is_set():
+                        break
+                    canceller()
+                    await asyncio.sleep(0.05)
+            raise
 
     def close(self) -> None:
         if not self.closed:
@@ -265,6 +299,27 @@ class CardEvent:
     atr: bytes = b""
 
 
+def _raise_if_removed(hcard: int, settle: float = 1.5) -> None:
+    """Raise ``CardRemovedError`` if the card under ``hcard`` is gone within ``settle`` s.
+
+    Runs on the worker thread after a failed exchange (an error path, not a poll loop).
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        with map_exceptions("SCardStatus"):
+            status = scard.SCardStatus(hcard)
+        hr = status[0]
+        if hr in (SCARD_W_REMOVED_CARD, SCARD_E_NO_SMARTCARD):
+            raise CardRemovedError("SCardTransmit: card removed")
+        if hr != SCARD_S_SUCCESS:
+            raise error_for(hr, "SCardStatus")
+        if not status[2] & SCARD_PRESENT:
+            raise CardRemovedError("SCardTransmit: card removed")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
+
+
 class _Backoff:
     def __init__(self) -> None:
         self.delay = BACKOFF_START
@@ -288,6 +343,7 @@ class PcscReader:
     def __init__(self, glob: str) -> None:
         self.glob = glob
         self.name: str | None = None
+        self._last_name: str | None = None
         self._io = _Worker(f"pcsc-io:{glob}")
         self._mon = _Worker(f"pcsc-mon:{glob}")
         self._io_ctx = _Context()
@@ -336,22 +392,21 @@ class PcscReader:
             was_present = self._present
             self._present, self._atr, self._known = present, atr, True
             self._cond.notify_all()
-        if not changed or self.name is None:
+        if self.name is not None:
+            self._last_name = self.name
+        reader = self.name or self._last_name
+        if not changed or reader is None:
             return
         events = []
         if was_present and present:  # a different card since the last look
-            events.append(CardEvent("removed", self.name))
-        events.append(CardEvent("inserted" if present else "removed", self.name, atr))
+            events.append(CardEvent("removed", reader))
+        events.append(CardEvent("inserted" if present else "removed", reader, atr))
         for q in self._subscribers:
             for ev in events:
                 q.put_nowait(ev)
 
     async def _mon_call(self, fn: Callable[[], T]) -> T:
-        try:
-            return await self._mon.run(fn)
-        except asyncio.CancelledError:
-            self._mon_ctx.cancel()  # wake the worker so the next call is not stuck behind it
-            raise
+        return await self._mon.run(fn, self._mon_ctx.cancel)
 
     async def _watch(self) -> None:
         backoff = _Backoff()
@@ -589,6 +644,10 @@ class PcscCardChannel:
         def do_transmit() -> bytes:
             with map_exceptions("SCardTransmit"):
                 hr, response = scard.SCardTransmit(hcard, proto, raw)
+            if hr == SCARD_E_NOT_TRANSACTED:
+                # the reader driver failed the exchange; usually the card just left and
+                # pcscd has not polled yet (vpcd: < 0.5 s). Tell removal from a mute card.
+                _raise_if_removed(hcard)
             check(hr, "SCardTransmit")
             return bytes(response)
 
