@@ -27,6 +27,7 @@ import contextlib
 import enum
 import logging
 import random
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -150,6 +151,14 @@ class BridgeState(enum.Enum):
     INSERTED = "inserted"  # connected to vpcd
 
 
+def _tune(sock: socket.socket | None, option: int | None) -> None:
+    """Set a TCP option if the platform has it (best effort: a tuning, not a requirement)."""
+    if sock is None or option is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+
+
 class VpcdBridge:
     """Attach one ``SimDevice`` to one vpcd reader slot (DESIGN §7).
 
@@ -259,6 +268,8 @@ class VpcdBridge:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = VpcdDecoder()
+        sock = writer.get_extra_info("socket")
+        _tune(sock, socket.TCP_NODELAY)
         while True:
             try:
                 data = await reader.read(65536)
@@ -266,6 +277,10 @@ class VpcdBridge:
                 return
             if not data:
                 return
+            # vpcd writes each command in two small segments: with Nagle on its side and
+            # delayed ACK on ours every exchange would wait ~40 ms. Linux re-arms delayed ACK
+            # after each read, so quick-ack is set again every time.
+            _tune(sock, getattr(socket, "TCP_QUICKACK", None))
             for message in decoder.feed(data):
                 reply = answer(self.device, message)
                 if message.apdu:
