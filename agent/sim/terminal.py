@@ -15,9 +15,9 @@ State directory layout (shared with ``ssc-agent card --sim``)::
     <dir>/receipts/receipt-NNNN.png         rendered receipts
     <dir>/control.sock                      the control channel (while running)
 
-Persistence: every APDU arms a short timer (``save_delay``); when it fires — at the end of a
-burst of APDUs, i.e. after every batch — the card and PSAM are saved if their state changed
-(atomic writes, agent.sim.store.atomic_write). They are saved again on removal, swap and exit.
+Persistence is write-through, like a card's EEPROM: after every APDU the card and the PSAM are
+saved if their state changed (atomic writes, agent.sim.store.atomic_write), so a crash of
+``sim up`` never forgets a PIN try or a lock. They are saved again on removal, swap and exit.
 
 Control channel: a Unix stream socket, **line-delimited JSON** (one UTF-8 JSON object per line,
 at most ``MAX_LINE`` bytes). Request ``{"op": <name>, "args": {...}, "id": <any, optional>}``;
@@ -157,7 +157,6 @@ class SimTerminal:
         host: str = DEFAULT_HOST,
         vpcd_port: int = DEFAULT_PORT,
         printer: bool = True,
-        save_delay: float = 0.05,
         attach_timeout: float = 30.0,
         presence_timeout: float = 5.0,
         confirm_pcsc: bool = True,
@@ -169,7 +168,6 @@ class SimTerminal:
         self.host = host
         self.vpcd_port = vpcd_port
         self.with_printer = printer
-        self.save_delay = save_delay
         self.attach_timeout = attach_timeout
         self.presence_timeout = presence_timeout
         self.confirm_pcsc = confirm_pcsc
@@ -180,7 +178,6 @@ class SimTerminal:
         self._card_bridge: VpcdBridge | None = None
         self._psam_bridge: VpcdBridge | None = None
         self._server: asyncio.Server | None = None
-        self._save_handle: asyncio.TimerHandle | None = None
         self._saved_card: dict[str, object] | None = None
         self._saved_psam: dict[str, object] | None = None
         self._lock = asyncio.Lock()  # control operations one at a time
@@ -264,9 +261,6 @@ class SimTerminal:
             if bridge is not None:
                 await bridge.remove()
         self._card_bridge = self._psam_bridge = None
-        if self._save_handle is not None:
-            self._save_handle.cancel()
-            self._save_handle = None
         self._save_now()
         if self.printer is not None:
             await self.printer.stop()
@@ -353,14 +347,11 @@ class SimTerminal:
 
     def _apdu_seen(self) -> None:
         self.apdus += 1
-        if self._save_handle is None:
-            loop = asyncio.get_running_loop()
-            self._save_handle = loop.call_later(self.save_delay, self._save_now)
+        self._save_now()
 
     def _save_now(self) -> None:
         """Save the card and the PSAM if they changed (never raises: a failed save is logged
         and retried after the next batch)."""
-        self._save_handle = None
         try:
             if self.card is not None:
                 state = self.card.to_state()
