@@ -144,6 +144,8 @@ class ApiConfig:
     tcp: str = ""
     token_file: str = ""
     max_frame: int = 65536
+    #: Whether ``card.read`` may return unmasked personal data when a client asks (``show_pii``).
+    allow_pii: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,17 @@ class AgentConfig:
     @property
     def printer_url(self) -> TransportUrl:
         return TransportUrl.parse(self.printer.url, ("sim", "serial", "socket"))
+
+    @property
+    def printer_device_url(self) -> str:
+        """The printer URL with a relative serial path (``serial:../var/sim/printer``)
+        resolved against the config file's directory."""
+        u = self.printer_url
+        if u.scheme != "serial" or u.target.startswith("/"):
+            return self.printer.url
+        path = (Path(self.base_dir) / u.target).resolve()
+        query = self.printer.url.split("?", 1)[1] if "?" in self.printer.url else ""
+        return f"serial://{path}" + (f"?{query}" if query else "")
 
     @property
     def broker_url(self) -> TransportUrl:

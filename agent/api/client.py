@@ -23,10 +23,15 @@ from agent.wire.framing import FrameDecoder, encode_frame
 
 
 class RemoteApiError(ApiError):
-    """The agent answered ``ok: false``; ``code`` and ``message`` are the agent's."""
+    """The agent answered ``ok: false``; ``code`` and ``message`` are the agent's; ``error``
+    is the whole error map (``message_zh``, ``record``... where the operation gives them)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, error: Mapping[str, Any] | None = None) -> None:
         super().__init__(message, code=code)
+        self.error: dict[str, Any] = dict(error or {"code": code, "message": message})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.error)
 
 
 class ApiClient:
@@ -132,11 +137,11 @@ class ApiClient:
                 for f in self._pending.values():
                     if not f.done():
                         f.set_exception(
-                            RemoteApiError(str(err.get("code")), str(err.get("message")))
+                            RemoteApiError(str(err.get("code")), str(err.get("message")), err)
                         )
             return
         if msg.get("ok"):
             fut.set_result(msg.get("result"))
         else:
             err = msg.get("error") or {}
-            fut.set_exception(RemoteApiError(str(err.get("code")), str(err.get("message"))))
+            fut.set_exception(RemoteApiError(str(err.get("code")), str(err.get("message")), err))

@@ -101,3 +101,13 @@ def test_shipped_configs_are_valid(name: str) -> None:
 def test_garbage_config_raises_only_config_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
         parse_config(text, env={})
+
+
+def test_relative_serial_printer_resolves_against_config_dir(tmp_path: Path) -> None:
+    f = tmp_path / "conf" / "agent.toml"
+    f.parent.mkdir()
+    f.write_text('[printer]\nurl = "serial:../var/sim/printer?baud=9600"\n')
+    cfg = load_config(f, env={})
+    assert cfg.printer_device_url == f"serial://{tmp_path / 'var/sim/printer'}?baud=9600"
+    absolute = parse_config('[printer]\nurl = "serial:///dev/ttyUSB0"\n', env={})
+    assert absolute.printer_device_url == "serial:///dev/ttyUSB0"

@@ -1,0 +1,60 @@
+"""``ssc-agent config check FILE``: validate a config without starting anything (DESIGN §8).
+
+Prints ``FILE: ok`` (or ``{"ok": true}`` with ``--json``) and exits 0; otherwise prints every
+error, one per line as ``FILE:LINE: key: message`` (or ``{"ok": false, "errors": [{"key",
+"line", "message"}]}``), and exits 1. Environment overrides (``SSC_AGENT__SECTION__KEY``) are
+applied, as ``ssc-agent run`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent.cli._common import EXIT_FAILED, EXIT_OK, print_json
+from agent.errors import AgentError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = subparsers.add_parser("config", help="check a configuration file")
+    sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    sub.required = True
+    check = sub.add_parser("check", help="validate a config file; list every error")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--json", action="store_true", help="one-line JSON")
+    check.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from agent.config import ConfigErrors, load_config
+
+    try:
+        load_config(args.file)
+    except ConfigErrors as err:
+        if args.json:
+            print_json(
+                {
+                    "ok": False,
+                    "errors": [
+                        {"key": i.key, "line": i.line, "message": i.message} for i in err.issues
+                    ],
+                }
+            )
+        else:
+            for i in err.issues:
+                where = f"{args.file}:{i.line}" if i.line else args.file
+                sys.stdout.write(f"{where}: {i.key}: {i.message}\n")
+        return EXIT_FAILED
+    except AgentError as err:
+        if args.json:
+            print_json(
+                {"ok": False, "errors": [{"key": "<file>", "line": None, "message": err.message}]}
+            )
+        else:
+            sys.stdout.write(f"{args.file}: {err.message}\n")
+        return EXIT_FAILED
+    if args.json:
+        print_json({"ok": True})
+    else:
+        sys.stdout.write(f"{args.file}: ok\n")
+    return EXIT_OK
