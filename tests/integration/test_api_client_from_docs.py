@@ -1,8 +1,9 @@
 """A client written only from docs/API.md — a socket, ``struct`` and ``cbor2``, no agent code —
 runs status → card.read → tx.lock → events against ``ssc-agent run`` (DESIGN §6).
 
-Runs on the in-process simulators (config like config/agent.toml, simulated uplink). The
-pcscd + vpcd variant (config/pcsc-sim.toml with ``ssc-agent sim up``) is still to be added.
+Runs on the in-process simulators (config like config/agent.toml, simulated uplink), and on
+config/pcsc-sim.toml: the simulated card and PSAM as real PC/SC readers behind pcscd (``ssc-agent
+sim up``), a real mosquitto, the printer on the simulator's pty.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from typing import Any
 import cbor2
 import pytest
 
+from agent.sim.store import CardStore
+from agent.testing.mosquitto import Mosquitto
+from agent.testing.pcscd import SimUpProcess
+from tests.integration.pcscd import PcscdInstance
 from tests.integration.test_run import Agent, write_config
 
 pytestmark = pytest.mark.mqtt
@@ -117,3 +122,48 @@ def test_status_read_lock_events_from_the_docs_alone(tmp_path: Path) -> None:
     finally:
         c.close()
         assert agent.stop() == 0
+
+
+# --- the same client against config/pcsc-sim.toml: pcscd + vpcd readers, `sim up`, mosquitto ---
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+@pytest.mark.pcsc
+def test_docs_client_against_pcsc_sim(pcscd: PcscdInstance, tmp_path: Path) -> None:
+    sim = SimUpProcess(tmp_path / "sim", pcscd, printer=True)  # type: ignore[arg-type]
+    sim.start()
+    try:
+        with Mosquitto(tmp_path / "mq") as broker:
+            env = {
+                **pcscd.env,
+                "SSC_AGENT__TERMINAL__STATE_DIR": str(tmp_path / "state"),
+                "SSC_AGENT__UPLINK__BROKER": broker.url,
+                "SSC_AGENT__PRINTER__URL": f"serial://{tmp_path / 'sim' / 'printer'}",
+            }
+            agent = Agent(tmp_path, CONFIG_DIR / "pcsc-sim.toml", env)
+            try:
+                agent.wait_ready(30)
+                c = DocsClient(agent.socket)
+                try:
+                    status = c.call("status")["result"]
+                    assert status["terminal_id"] == "440300907950"  # the PSAM's EF16, via pcscd
+                    c.call("events.subscribe")
+                    read = c.call("card.read")["result"]
+                    assert read["state"] == "active"
+                    assert "*" in read["holder"]["ssn"]
+                    lock = c.call("tx.lock", idempotency_key="pcsc-docs-1")
+                    assert lock["ok"] is True, lock
+                    rec = lock["result"]
+                    assert rec["result"] == "locked"
+                    c.wait_event("tx_progress", step="sealed", tx_id=rec["tx_id"])
+                    c.wait_event("receipt_printed", tx_id=rec["tx_id"])
+                finally:
+                    c.close()
+            finally:
+                assert agent.stop() == 0
+    finally:
+        assert sim.stop() == 0
+    # the lock reached the virtual card through pcscd: its persisted state says so
+    card = CardStore(tmp_path / "sim").load_current()
+    assert card is not None
+    assert card.state == "temp_locked"

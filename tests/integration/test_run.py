@@ -45,14 +45,14 @@ max_frame = 4096
 
 
 class Agent:
-    def __init__(self, tmp: Path, cfg: Path) -> None:
+    def __init__(self, tmp: Path, cfg: Path, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.notify = tmp / "notify.sock"
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         with __import__("contextlib").suppress(FileNotFoundError):
             self.notify.unlink()
         self.listener.bind(str(self.notify))
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify)}
+        env = {**(os.environ if env is None else env), "NOTIFY_SOCKET": str(self.notify)}
         self.log = (tmp / "agent.out").open("ab")
         self.proc = subprocess.Popen(
             [str(EXE), "run", "--config", str(cfg)], env=env, stdout=self.log, stderr=self.log
