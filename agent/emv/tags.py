@@ -2,14 +2,15 @@
 
 Sensitive objects (PAN ``5A``, track-2 equivalent ``57``, holder name ``5F20``/``9F0B``, holder
 ID ``9F61``, track-1 discretionary ``9F1F``) never leave the agent unmasked by default (DESIGN §4
-"Personal data … is masked in logs and events"). The emv layer may not import ``agent.privacy``
-(layering: emv → card only), so the few masking rules it needs live here and follow the same
-conventions (PAN: first 6 + last 4; ID number: first 6 + last 4).
+"Personal data … is masked in logs and events"), with the agent's one masking convention
+(``agent.privacy``: PAN first 6 + last 4; ID number first 6 + last 4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from agent import privacy
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,23 +101,10 @@ def is_sensitive(tag: int) -> bool:
     return tag_info(tag).sensitive
 
 
-def mask_pan(pan: str) -> str:
-    """``6217001234567890123`` → ``621700*********0123`` (first 6, last 4)."""
-    if len(pan) <= 10:
-        return "*" * len(pan)
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
-
-
-def mask_id(id_number: str) -> str:
-    """ID number: region (first 6) and last 4 kept, birth date hidden."""
-    if len(id_number) <= 10:
-        return "*" * len(id_number)
-    return id_number[:6] + "*" * (len(id_number) - 10) + id_number[-4:]
-
-
-def mask_name(name: str) -> str:
-    """``张三丰`` → ``张**``."""
-    return name[:1] + "*" * (len(name) - 1) if name else name
+# One masking convention for the whole agent (agent.privacy), re-exported for emv callers.
+mask_pan = privacy.mask_pan
+mask_id = privacy.mask_ssn
+mask_name = privacy.mask_name
 
 
 def display_value(tag: int, value: bytes, *, show_pii: bool = False) -> str:
