@@ -1,5 +1,5 @@
 # make demo  — set up everything on a fresh Debian machine, then tell the product's story on the simulators
-# make test  — set up everything, then run lint, types, the test suite and the HIL suite on the simulators
+# make test  — set up everything, then lint, types, the test suite, and the HIL suite on the simulated terminal
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -44,7 +44,7 @@ unit: setup
 hil: setup
 	$(BIN)/ssc-agent hil --sim --non-interactive --report reports/hil
 
-test: lint typecheck unit
+test: lint typecheck unit hil
 
 bench: setup
 	$(BIN)/python bench/run_all.py

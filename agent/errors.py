@@ -195,6 +195,13 @@ class DeviceTimeoutError(TransientDeviceError):
     code = "device_timeout"
 
 
+class OperatorActionError(DeviceError):
+    """An action only a person at the terminal can take (HIL prompt: insert a card, open the
+    printer cover) cannot be asked for (``--non-interactive``) or was not taken in time."""
+
+    code = "operator_action"
+
+
 class PrinterError(DeviceError):
     """The receipt printer failed."""
 
@@ -309,6 +316,13 @@ class PolicyRefusal(TransactionError):
     """Refused by policy; ``code`` and ``message`` are fit to show a citizen at a kiosk."""
 
     code = "refused"
+
+
+class NotATestCardError(PolicyRefusal):
+    """The HIL suite refuses to write a card that is not on its allow-list of test cards
+    (DESIGN §9); raised before any card-changing command is sent."""
+
+    code = "not_a_test_card"
 
 
 class CardRefusedError(TransactionError):
