@@ -65,6 +65,8 @@ class TransportUrl:
                 raise ValueError(f"missing port in {raw!r}")
             target = f"{parts.hostname}:{port or default}"
         else:  # pcsc / sim: everything after the scheme, glob characters kept
+            if "://" not in raw:
+                raise ValueError(f"expected {scheme}://…, got {raw!r}")
             target = raw.split("://", 1)[1].split("?", 1)[0]
         params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         return cls(scheme, target, params, raw)
@@ -425,4 +427,6 @@ def load_config(path: str | Path, *, env: typing.Mapping[str, str] | None = None
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {p} is not UTF-8 text (byte {e.start})") from None
     return parse_config(text, source=str(p), base_dir=str(p.resolve().parent), env=env)
