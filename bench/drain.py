@@ -11,7 +11,9 @@ Prints ONE JSON object:
 * ``rss_kb``: peak RSS (``ru_maxrss`` from ``os.wait4``) of ``ssc-agent uplink drain`` child
   processes draining the small and the large backlog; goal: within 10 MB of each other.
 
-``--quick`` uses 2,000 / 10,000 records instead of 10,000 / 100,000 (and says so).
+``--quick`` uses 2,000 / 10,000 records instead of 10,000 / 100,000 (and says so). The in-flight
+window is 256 (``BENCH_WINDOW``), for the session and for the raw baseline alike; the broker runs
+with ``set_tcp_nodelay true`` (see :class:`Broker`).
 Backlogs are written straight into the journal's tables in one transaction (the same canonical
 bodies, chain and seal MACs the journal's ``seal`` makes; checked with ``verify_chain``):
 sealing 100,000 records one durable transaction at a time would take minutes.
@@ -47,17 +49,31 @@ from agent.uplink.session import UplinkSession, UplinkSettings, drain_once
 from agent.wire.codec import StatusMessage, ack_ranges
 
 TERMINAL = "440300907950"
-WINDOW = int(os.environ.get("BENCH_WINDOW", "64"))
+#: The RSS drains use terminals of their own, so central stores their records (instead of
+#: raising "conflict" alerts for seqs another backlog already used).
+TERMINAL_SMALL, TERMINAL_LARGE = "440300907951", "440300907952"
+WINDOW = int(os.environ.get("BENCH_WINDOW", "256"))  # a backlog drain; config default is 32
 CENTRAL_SCHEMA_EVERY = 100
 CLI = [sys.executable, "-m", "agent"]
 
 
-def make_backlog(state_dir: Path, n: int) -> Path:
+class Broker(Mosquitto):
+    """The test broker with ``set_tcp_nodelay true``: mosquitto keeps Nagle's algorithm on by
+    default, so an ack or a record that is not followed by more data waits for the peer's
+    delayed TCP ACK (40 ms on Linux). A drain that waits for central's acks is a request and
+    response pattern, and a broker carrying it should run with this option (docs/PERFORMANCE.md).
+    The raw paho baseline uses the same broker."""
+
+    def _config(self) -> str:
+        return super()._config() + "set_tcp_nodelay true\n"
+
+
+def make_backlog(state_dir: Path, n: int, terminal: str = TERMINAL) -> Path:
     """A journal with ``n`` sealed, unacked lock records (bulk insert, see module doc)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "journal.db"
     Journal(path, transitions=TABLE).close()  # type: ignore[arg-type]  # schema + key
-    key = seal_key(load_profile("default"), bytes.fromhex(TERMINAL))
+    key = seal_key(load_profile("default"), bytes.fromhex(terminal))
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
@@ -65,7 +81,7 @@ def make_backlog(state_dir: Path, n: int) -> Path:
     now = time.time_ns() // 1_000_000
     for seq in range(1, n + 1):
         rec = TxRecord(
-            kind=Kind.LOCK, terminal_id=TERMINAL, card_id_code="44030000D15600000500000000000001",
+            kind=Kind.LOCK, terminal_id=terminal, card_id_code="44030000D15600000500000000000001",
             offline=True, result="ok", outcome="done", created_at=now,
         )  # fmt: skip
         body = encode_body(body_fields(rec, seq, prev))
@@ -75,7 +91,7 @@ def make_backlog(state_dir: Path, n: int) -> Path:
             "INSERT INTO transactions (tx_id, kind, state, card_id_code, terminal_id, offline, "
             "outcome, result, created_at, updated_at, seq) VALUES (?, ?, 'sealed', ?, ?, 1, "
             "'done', 'ok', ?, ?, ?)",
-            (rec.tx_id, "lock", rec.card_id_code, TERMINAL, now, now, seq),
+            (rec.tx_id, "lock", rec.card_id_code, terminal, now, now, seq),
         )
         conn.execute(
             "INSERT INTO outbox (seq, tx_id, body, hash, prev_hash, mac, state, sealed_at) "
@@ -169,13 +185,17 @@ def main() -> None:
         assert j.verify_chain().ok
         payloads = [item.payload for item in JournalOutbox(j).pending(0, small)]
         j.close()
-        with Mosquitto(root / "mq") as broker:
+        with Broker(root / "mq") as broker:
             central = start_central(broker, root / "central.db")
             try:
                 raw = raw_paho_rate(broker.port, payloads)
                 drain = asyncio.run(drain_rate(rate_state, broker.port, small))
-                rss_small, r1 = child_rss_kb(make_backlog(root / "small", small), broker)
-                rss_large, r2 = child_rss_kb(make_backlog(root / "large", large), broker)
+                rss_small, r1 = child_rss_kb(
+                    make_backlog(root / "small", small, TERMINAL_SMALL), broker
+                )
+                rss_large, r2 = child_rss_kb(
+                    make_backlog(root / "large", large, TERMINAL_LARGE), broker
+                )
             finally:
                 central.terminate()
                 central.wait(10)

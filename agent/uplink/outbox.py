@@ -4,16 +4,22 @@
 :class:`agent.journal.Journal`: pending = sealed or sent, not yet acked records in seq order;
 a record leaves only on central's ack (the SQLite outbox is the only queue).
 
-The message on ``ssc/v1/<terminal>/tx`` is the sealed body's map with ``"mac"`` added,
-deterministically encoded (``messages.cddl`` rule ``tx-record``)::
+The message on ``ssc/v1/<terminal>/tx`` is :class:`agent.wire.codec.TxMessage` (``messages.cddl``
+rule ``tx-record``): the sealed body's fields with ``"mac"`` added, deterministically encoded::
 
     tx   = canonical CBOR of { ...sealed body fields..., "mac": mac8 }
     body = the same map without "mac", canonical CBOR  (= the journal's stored body bytes)
     hash = SHA-256(body)    -> prev_hash of the next record; mac = seal MAC over hash
 
-Because the journal's body is canonical CBOR, removing ``"mac"`` and encoding again gives back
-the exact stored bytes, so central recomputes the digest, checks ``prev_hash`` and the MAC
-without any other knowledge (:func:`parse_tx`).
+Because the journal's body is canonical CBOR, the message without ``"mac"`` is exactly the
+stored bytes, so central recomputes the digest, checks ``prev_hash`` and the MAC without any
+other knowledge (:func:`parse_tx`). Personal data never leaves: the body holds only the salted
+``personal_digest``; the encrypted-at-rest personal fields stay in the journal.
+
+Each record's payload is encoded once and cached until it is acked, so a drain wake-up costs a
+journal read, not a re-encode of the whole window. A sealed record the wire codec refuses
+(``MessageEncodingError``: a value outside the schema's bounds, an upstream bug) is logged once
+and left in the outbox, where the journal's unacked count shows it; the rest still drains.
 
 PUBACKs (``mark_sent``) are buffered and written in batches: ``sent`` only records that the
 broker took a copy, it never removes a record (``acked`` is accepted from ``sealed`` too), so a
@@ -22,68 +28,96 @@ crash that loses the buffer costs nothing and saves an fsync per record on the h
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import RecordFormatError, WireError
-from agent.journal import Journal, SealedRecord, decode_body, encode_body, record_digest
-from agent.uplink.session import OutboxItem
-from agent.wire.cbor import decode, encode
+import cbor2
 
-__all__ = ["JournalOutbox", "ParsedTx", "parse_tx", "tx_payload"]
+from agent.errors import MessageEncodingError, WireError
+from agent.journal import Journal, SealedRecord, record_digest
+from agent.uplink.session import OutboxItem
+from agent.wire.cbor import decode
+from agent.wire.codec import TxMessage
+
+__all__ = ["JournalOutbox", "ParsedTx", "parse_tx", "tx_message", "tx_payload"]
+
+log = logging.getLogger("agent.uplink.outbox")
 
 MARK_SENT_BATCH = 64
+#: Encoded payloads kept for records still in the outbox (a record is encoded once, not once
+#: per drain wake-up); the cache only ever holds unacked records, at most this many.
+PAYLOAD_CACHE_MAX = 4096
+
+
+def tx_message(record: SealedRecord) -> TxMessage:
+    """The typed ``tx`` message of a sealed record: its body fields plus ``mac``.
+
+    ``MessageEncodingError`` if the journal sealed something the wire cannot carry (a value
+    outside ``messages.cddl``'s bounds: a bug upstream, never the peer's fault).
+    """
+    try:
+        fields = cbor2.loads(record.body)  # our own canonical bytes (checked in tx_payload)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
+        raise MessageEncodingError(f"sealed record {record.seq}: body is not CBOR") from None
+    if not isinstance(fields, dict):
+        raise MessageEncodingError(f"sealed record {record.seq}: body is not a map")
+    return TxMessage.from_body(fields, record.mac)
 
 
 def tx_payload(record: SealedRecord) -> bytes:
-    """The ``tx`` message of a sealed record: its body map plus ``mac``, canonical CBOR."""
-    fields: dict[str, Any] = decode_body(record.body)
-    fields["mac"] = record.mac
-    return encode(fields)
+    """The ``tx`` message of a sealed record, deterministic CBOR (``TxMessage.to_cbor``).
+
+    The message without ``mac`` must be the stored body byte for byte (compared by slicing,
+    not by encoding again), so what central hashes is what the security module sealed.
+    """
+    payload = tx_message(record).to_cbor()
+    if TxMessage.body_of(payload) != record.body:
+        raise MessageEncodingError(f"sealed record {record.seq}: stored body is not canonical")
+    return payload
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedTx:
     """A ``tx`` message taken apart for verification (central side)."""
 
-    obj: dict[str, Any]  # the decoded message, "mac" included
+    msg: TxMessage
+    obj: dict[str, Any]  # the decoded message, "mac" included (for sampled schema checks)
     body: bytes  # canonical body = the bytes the terminal hashed
     digest: bytes
-    mac: bytes
-    seq: int
-    terminal: str
-    prev_hash: bytes
+
+    @property
+    def mac(self) -> bytes:
+        return self.msg.mac
+
+    @property
+    def seq(self) -> int:
+        return self.msg.seq
+
+    @property
+    def terminal(self) -> str:
+        return self.msg.terminal_id
+
+    @property
+    def prev_hash(self) -> bytes:
+        return self.msg.prev_hash
 
 
 def parse_tx(payload: bytes) -> ParsedTx:
-    """Decode hostile ``tx`` bytes and rebuild the hashed body; ``WireError`` if malformed.
+    """Decode hostile ``tx`` bytes through :class:`TxMessage`; ``WireError`` if malformed.
 
-    The message must be canonical CBOR (what a terminal sends), so the body rebuilt without
-    ``mac`` is byte for byte the body the security module sealed.
+    One decode: the message must be deterministic CBOR (what a terminal sends), checked by
+    re-encoding the typed message once; the hashed body is then cut out of the payload
+    (``TxMessage.body_of``), byte for byte what the security module sealed.
     """
-    obj = decode(payload)
-    if not isinstance(obj, dict):
-        raise WireError("tx record is not a map")
-    if encode(obj) != bytes(payload):
+    obj = decode(payload, max_size=TxMessage.MAX_SIZE, max_items=TxMessage.MAX_ITEMS)
+    msg = TxMessage.from_obj(obj)
+    raw = bytes(payload)
+    if msg.to_cbor() != raw:
         raise WireError("tx record is not deterministically encoded")
-    mac = obj.get("mac")
-    if not isinstance(mac, bytes) or len(mac) != 8:
-        raise WireError("tx record has no 8-byte mac")
-    fields = {k: v for k, v in obj.items() if k != "mac"}
-    try:
-        body = encode_body(fields)
-    except RecordFormatError as exc:
-        raise WireError(f"tx record body: {exc.message}") from None
-    return ParsedTx(
-        obj=obj,
-        body=body,
-        digest=record_digest(body),
-        mac=mac,
-        seq=int(fields["seq"]),
-        terminal=str(fields["terminal_id"]),
-        prev_hash=bytes(fields["prev_hash"]),
-    )
+    body = TxMessage.body_of(raw)
+    return ParsedTx(msg=msg, obj=obj, body=body, digest=record_digest(body))
 
 
 class JournalOutbox:
@@ -93,9 +127,32 @@ class JournalOutbox:
         self.journal = journal
         self._sent: list[int] = []
         self._lock = threading.Lock()
+        self._payloads: dict[int, bytes] = {}
+        self._poisoned: set[int] = set()
 
     def pending(self, after_seq: int, limit: int) -> list[OutboxItem]:
-        return [OutboxItem(r.seq, tx_payload(r)) for r in self.journal.unacked(after_seq, limit)]
+        out = []
+        for r in self.journal.unacked(after_seq, limit):
+            with self._lock:
+                payload = self._payloads.get(r.seq)
+            if payload is None:
+                try:
+                    payload = tx_payload(r)
+                except MessageEncodingError as exc:
+                    # Sealed but outside the wire's bounds (an upstream bug): it stays in the
+                    # outbox, unacked and visible in the journal's stats, and the rest drains.
+                    if r.seq not in self._poisoned:
+                        self._poisoned.add(r.seq)
+                        log.error(  # noqa: TRY400 - a known refusal, no traceback wanted
+                            "sealed record %d cannot be sent: %s", r.seq, exc.message
+                        )
+                    continue
+                with self._lock:
+                    if len(self._payloads) >= PAYLOAD_CACHE_MAX:
+                        self._payloads.clear()  # entries an ack raced past; start afresh
+                    self._payloads[r.seq] = payload
+            out.append(OutboxItem(r.seq, payload))
+        return out
 
     def mark_sent(self, seqs: list[int]) -> None:
         with self._lock:
@@ -113,7 +170,16 @@ class JournalOutbox:
             self.journal.mark_sent(batch)
 
     def ack(self, ranges: list[tuple[int, int]]) -> int:
-        return self.journal.ack(ranges)
+        n = self.journal.ack(ranges)
+        with self._lock:
+            for lo, hi in ranges:
+                if hi - lo < len(self._payloads):
+                    for s in range(lo, hi + 1):
+                        self._payloads.pop(s, None)
+                else:
+                    for s in [s for s in self._payloads if lo <= s <= hi]:
+                        del self._payloads[s]
+        return n
 
     def unacked_count(self) -> int:
         return self.journal.stats().unacked

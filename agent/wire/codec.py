@@ -12,7 +12,8 @@ and nothing else; building a bad message locally raises
 (:mod:`agent.wire.schema`); the hand checks here are a superset of the schema, so the hot path
 leaves it off and the tests prove the two agree.
 
-Checks the schema cannot express: terminal ids are 12 ASCII digits; ack ranges have
+Checks the schema cannot express: terminal ids are 12 ASCII digits; a tx record's ``tx_id`` is
+a canonical lower-case UUID text and its ``card_id_code`` upper-case hex; ack ranges have
 1 <= from <= to; blacklist entries are unique and a delta's add and remove are disjoint, with
 version > base_version; a command expires after it was issued; open maps (event data, health,
 API args) hold plain values only.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "TX_KINDS",
-    "TX_STATES",
+    "TX_OUTCOMES",
     "AckMessage",
     "ApiEvent",
     "ApiRequest",
@@ -60,7 +60,6 @@ __all__ = [
     "TxMessage",
     "ack_ranges",
     "decode_client_frame",
-    "ssn_hash",
 ]
 
 SCHEMA_VERSION = 1
@@ -79,7 +78,8 @@ TX_KINDS = (
     "pin_unblock",
     "auto_lock",
 )
-TX_STATES = ("card_done", "failed")
+TX_OUTCOMES = ("done", "failed")
+MAX_IDEMPOTENCY_KEY = 128
 EVENT_TYPES = (
     "agent_started",
     "agent_stopping",
@@ -360,96 +360,157 @@ class Message:
 # --------------------------------------------------------------------------------------------
 # ssc/v1/<t>/tx
 # --------------------------------------------------------------------------------------------
-def ssn_hash(key: bytes, ssn: str) -> bytes:
-    """HMAC-SHA-256 of a social security number (upper-case, ASCII) under central's key.
+def _uuid_text(value: object, name: str) -> str:
+    """RFC 9562 UUID in its canonical 36-character lower-case text form (8-4-4-4-12)."""
+    if (
+        not isinstance(value, str)
+        or len(value) != 36
+        or value[8] + value[13] + value[18] + value[23] != "----"
+        # every other character a lower-case hex digit (str.strip: C speed, no regex)
+        or (value[:8] + value[9:13] + value[14:18] + value[19:23] + value[24:]).strip(_HEX_LOWER)
+    ):
+        _fail(f"{name} must be a lower-case UUID in canonical text form")
+    return value
 
-    The loss report carries this instead of the number: central, holding the key, can match it
-    to a citizen; anyone else cannot reverse it by enumerating the (small) space of ID numbers.
-    """
-    if len(key) < 16:
-        raise MessageEncodingError("SSN hash key must be at least 16 bytes")
-    norm = ssn.strip().upper()
-    if not norm or not norm.isascii() or not norm.isalnum():
-        raise MessageEncodingError("SSN must be ASCII letters and digits")
-    return hmac.new(key, norm.encode("ascii"), hashlib.sha256).digest()
+
+def _card_hex(value: object, name: str) -> str:
+    if not isinstance(value, str) or len(value) != 32 or value.strip(_HEX_UPPER):
+        _fail(f"{name} must be 32 upper-case hex digits")
+    return value
+
+
+def _opt(check: Any, value: object, name: str, *args: Any) -> None:
+    if value is not None:
+        check(value, name, *args)
+
+
+_HEX_UPPER = "0123456789ABCDEF"
+_HEX_LOWER = "0123456789abcdef"
+#: In deterministic CBOR a tx record starts with its map header, then "v" (the only 1-byte key),
+#: then "mac" (the only other key that sorts before "seq"): 61 76 01, 63 6d 61 63 48 <8 bytes>.
+_TX_V_MEMBER = b"\x61v\x01"
+_TX_MAC_MEMBER = b"\x63mac\x48"
+_TX_BODY_AT = 1 + len(_TX_V_MEMBER) + len(_TX_MAC_MEMBER) + 8
 
 
 @dataclass(frozen=True, slots=True)
 class TxMessage(Message):
     """A sealed journal record as sent on ``ssc/v1/<terminal>/tx`` (``tx-record``).
 
-    ``card_id_code`` for every kind but ``report_loss``, which instead carries ``card_number``
-    and ``ssn_hash`` (see :func:`ssn_hash`). ``body_cbor()`` is the record without ``mac``;
-    its SHA-256 (``digest()``) is MAC'd by the security module and is the next record's
-    ``prev_hash``.
+    Exactly the journal's sealed body (``agent.journal.codec.BODY_FIELDS``: same names, types
+    and units) plus ``mac``. Times are Unix **milliseconds**; ``tx_id`` is the UUID text form;
+    ``card_id_code`` is 32 upper-case hex digits or null (a loss report with the card absent);
+    optional values are present as null, so the key set is fixed. No personal data: a loss
+    report carries only ``personal_digest`` = SHA-256(random salt ‖ canonical CBOR of the
+    personal data), which binds the encrypted-at-rest data to the record but cannot be reversed.
+
+    ``body_cbor()`` is the message without ``mac`` (deterministic CBOR) = the bytes the journal
+    stored and hashed; ``digest()`` = SHA-256 of it, MAC'd by the security module and the next
+    record's ``prev_hash``.
     """
 
     RULE: ClassVar[str] = "tx-record"
 
-    terminal: str
+    terminal_id: str
     seq: int
-    tx_id: bytes
-    kind: str
-    state: str
-    result: str
-    created: int
-    offline: bool
     prev_hash: bytes
+    tx_id: str
+    kind: str
+    outcome: str
+    offline: bool
+    created_at: int
+    completed_at: int
     mac: bytes
-    card_id_code: bytes | None = None
-    card_number: str | None = field(default=None, repr=False)
-    ssn_hash: bytes | None = field(default=None, repr=False)
+    card_id_code: str | None = None
     reason: str | None = None
+    result: str | None = None
+    error_code: str | None = None
+    idempotency_key: str | None = None
+    auth_id: str | None = None
+    personal_digest: bytes | None = None
+
+    #: The keys of the body (the message without ``mac``).
+    BODY_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "v", "seq", "prev_hash", "tx_id", "terminal_id", "kind", "outcome", "card_id_code",
+            "reason", "offline", "created_at", "completed_at", "idempotency_key", "result",
+            "error_code", "auth_id", "personal_digest",
+        }
+    )  # fmt: skip
 
     def _check(self) -> None:
-        _terminal(self.terminal)
+        _terminal(self.terminal_id, "terminal_id")
         _uint(self.seq, "seq", 1)
-        _bytes(self.tx_id, "tx_id", 16)
-        _choice(self.kind, "kind", TX_KINDS)
-        _choice(self.state, "state", TX_STATES)
-        _text(self.result, "result")
-        _uint(self.created, "created")
-        _bool(self.offline, "offline")
         _bytes(self.prev_hash, "prev_hash", 32)
+        _uuid_text(self.tx_id, "tx_id")
+        _choice(self.kind, "kind", TX_KINDS)
+        _choice(self.outcome, "outcome", TX_OUTCOMES)
+        _bool(self.offline, "offline")
+        _uint(self.created_at, "created_at")
+        _uint(self.completed_at, "completed_at")
         _bytes(self.mac, "mac", 8)
-        if self.reason is not None:
-            _text(self.reason, "reason")
-        if self.kind == "report_loss":
-            if self.card_id_code is not None:
-                _fail("report_loss carries card_number and ssn_hash, not card_id_code")
-            _text(self.card_number, "card_number", 1, 20)
-            _bytes(self.ssn_hash, "ssn_hash", 32)
-        else:
-            if self.card_number is not None or self.ssn_hash is not None:
-                _fail("card_number and ssn_hash are only for report_loss")
-            _bytes(self.card_id_code, "card_id_code", 16)
+        _opt(_card_hex, self.card_id_code, "card_id_code")
+        _opt(_text, self.reason, "reason")
+        _opt(_text, self.result, "result")
+        _opt(_text, self.error_code, "error_code")
+        _opt(_text, self.idempotency_key, "idempotency_key", 1, MAX_IDEMPOTENCY_KEY)
+        _opt(_text, self.auth_id, "auth_id")
+        _opt(_bytes, self.personal_digest, "personal_digest", 32)
+
+    @classmethod
+    def from_body(cls, fields: Mapping[str, Any], mac: bytes) -> Self:
+        """Build from a sealed body's fields (as the journal decodes them) and its MAC.
+
+        The field set must be exactly :attr:`BODY_KEYS`; anything else is
+        ``MessageEncodingError`` (the journal sealed something the wire cannot carry: our bug).
+        """
+        with _local("TxMessage"):
+            m = _keys(fields, "sealed body", set(cls.BODY_KEYS))
+            _uint(m.pop("v"), "v", SCHEMA_VERSION, SCHEMA_VERSION)
+        return cls(mac=mac, **m)
 
     def body_obj(self) -> dict[str, Any]:
         """The record without ``mac``: what is hashed."""
-        obj: dict[str, Any] = {
+        return {
             "v": SCHEMA_VERSION,
             "seq": self.seq,
             "kind": self.kind,
-            "state": self.state,
             "tx_id": self.tx_id,
+            "reason": self.reason,
             "result": self.result,
-            "created": self.created,
+            "auth_id": self.auth_id,
             "offline": self.offline,
-            "terminal": self.terminal,
+            "outcome": self.outcome,
             "prev_hash": self.prev_hash,
+            "created_at": self.created_at,
+            "error_code": self.error_code,
+            "terminal_id": self.terminal_id,
+            "card_id_code": self.card_id_code,
+            "completed_at": self.completed_at,
+            "idempotency_key": self.idempotency_key,
+            "personal_digest": self.personal_digest,
         }
-        if self.reason is not None:
-            obj["reason"] = self.reason
-        if self.kind == "report_loss":
-            obj["card_number"] = self.card_number
-            obj["ssn_hash"] = self.ssn_hash
-        else:
-            obj["card_id_code"] = self.card_id_code
-        return obj
 
     def body_cbor(self) -> bytes:
-        """Deterministic CBOR of the record without ``mac``."""
+        """Deterministic CBOR of the record without ``mac`` (= the journal's stored body)."""
         return encode(self.body_obj())
+
+    @staticmethod
+    def body_of(cbor: bytes) -> bytes:
+        """The body (the record without ``mac``) cut out of a message's deterministic CBOR.
+
+        Byte for byte ``body_cbor()`` without encoding again: the ``mac`` member is removed and
+        the map header is one smaller. ``cbor`` must be a deterministic encoding of a valid
+        message (``to_cbor()``, or bytes equal to it); anything else raises ``WireError``.
+        """
+        head = cbor[0] if cbor else 0
+        if (
+            not 0xA1 < head < 0xB8
+            or cbor[1:4] != _TX_V_MEMBER
+            or cbor[4 : 4 + len(_TX_MAC_MEMBER)] != _TX_MAC_MEMBER
+        ):
+            raise WireError("not a deterministically encoded tx record")
+        return bytes((head - 1,)) + cbor[1:4] + cbor[_TX_BODY_AT:]
 
     def digest(self) -> bytes:
         """SHA-256 of ``body_cbor()``: the value MAC'd and the next record's ``prev_hash``."""
@@ -460,29 +521,9 @@ class TxMessage(Message):
 
     @classmethod
     def _from_obj(cls, obj: Any) -> Self:
-        common = {"v", "mac", "seq", "kind", "state", "tx_id", "result", "created", "offline"}
-        common |= {"terminal", "prev_hash"}
-        if isinstance(obj, Mapping) and obj.get("kind") == "report_loss":
-            m = _keys(obj, "tx record", common | {"card_number", "ssn_hash"}, {"reason"})
-        else:
-            m = _keys(obj, "tx record", common | {"card_id_code"}, {"reason"})
-        _uint(m["v"], "v", SCHEMA_VERSION, SCHEMA_VERSION)
-        return cls(
-            terminal=m["terminal"],
-            seq=m["seq"],
-            tx_id=m["tx_id"],
-            kind=m["kind"],
-            state=m["state"],
-            result=m["result"],
-            created=m["created"],
-            offline=m["offline"],
-            prev_hash=m["prev_hash"],
-            mac=m["mac"],
-            card_id_code=m.get("card_id_code"),
-            card_number=m.get("card_number"),
-            ssn_hash=m.get("ssn_hash"),
-            reason=m.get("reason"),
-        )
+        m = _keys(obj, "tx record", set(cls.BODY_KEYS) | {"mac"})
+        _uint(m.pop("v"), "v", SCHEMA_VERSION, SCHEMA_VERSION)
+        return cls(**m)
 
 
 # --------------------------------------------------------------------------------------------

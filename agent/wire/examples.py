@@ -31,7 +31,6 @@ from agent.wire.codec import (
     StatusMessage,
     TelemetryMessage,
     TxMessage,
-    ssn_hash,
 )
 
 __all__ = ["EXAMPLE_KID", "Example", "example_signing_key", "examples"]
@@ -43,6 +42,10 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 CARD_A = bytes.fromhex("440300d15600000586001a2b3c4d5e6f")
 CARD_B = bytes.fromhex("110000d156000005860099aabbccddee")
 TX_ID = bytes.fromhex("019b7a4e1c007d3a8f2b4c5d6e7f8091")
+T0_MS = T0 * 1000  # tx records count milliseconds
+TX_ID_TEXT = "019b7a4e-1c00-7d3a-8f2b-4c5d6e7f8091"
+TX_ID_LOSS = "019b7a4e-1c3c-7d3a-9a0b-1c2d3e4f5061"
+TX_ID_PIN = "019b7a4e-1c78-7e01-b2c3-d4e5f6071829"
 EVENT_ID = bytes.fromhex("019b7a4e1c427a11b2c3d4e5f6071829")
 CMD_ID = bytes.fromhex("019b7a4d00007cc0a1b2c3d4e5f60718")
 PREV_HASH = bytes.fromhex("5f" * 32)
@@ -75,45 +78,55 @@ def _command(body: object, counter: int, terminal: str = TERMINAL) -> Command:
 def examples() -> list[Example]:
     """Every message kind, with the rule it must match."""
     lock = TxMessage(
-        terminal=TERMINAL,
+        terminal_id=TERMINAL,
         seq=42,
-        tx_id=TX_ID,
-        kind="lock",
-        state="card_done",
-        result="ok",
-        created=T0,
-        offline=True,
         prev_hash=PREV_HASH,
+        tx_id=TX_ID_TEXT,
+        kind="lock",
+        outcome="done",
+        offline=True,
+        created_at=T0_MS,
+        completed_at=T0_MS + 850,
         mac=MAC,
-        card_id_code=CARD_A,
+        card_id_code=CARD_A.hex().upper(),
         reason="citizen_request",
+        result="ok",
+        idempotency_key="kiosk-1/7f3a",
     )
     loss = TxMessage(
-        terminal=TERMINAL,
+        terminal_id=TERMINAL,
         seq=43,
-        tx_id=TX_ID,
-        kind="report_loss",
-        state="card_done",
-        result="ok",
-        created=T0 + 60,
-        offline=False,
         prev_hash=lock.digest(),
+        tx_id=TX_ID_LOSS,
+        kind="report_loss",
+        outcome="done",
+        offline=False,
+        created_at=T0_MS + 60_000,
+        completed_at=T0_MS + 60_012,
         mac=MAC,
-        card_number="A12345678",
-        ssn_hash=ssn_hash(b"example-ssn-key-0123456789", "000000190001010000"),  # fake
+        reason="holder",
+        result="accepted",
+        # SHA-256(salt || CBOR of the personal data): binds, never reveals (values are fake)
+        personal_digest=bytes.fromhex(
+            "a1d0e9782e1cd40c3935a2e48eb8e60da169af5581e3182855055c89fda3e91f"
+        ),
     )
     failed = TxMessage(
-        terminal=TERMINAL,
+        terminal_id=TERMINAL,
         seq=44,
-        tx_id=TX_ID,
-        kind="pin_unblock",
-        state="failed",
-        result="no_authorization",
-        created=T0 + 120,
-        offline=True,
         prev_hash=loss.digest(),
+        tx_id=TX_ID_PIN,
+        kind="pin_unblock",
+        outcome="failed",
+        offline=True,
+        created_at=T0_MS + 120_000,
+        completed_at=T0_MS + 121_400,
         mac=MAC,
-        card_id_code=CARD_A,
+        card_id_code=CARD_A.hex().upper(),
+        reason="central",
+        result="declined",
+        error_code="card_refused",
+        auth_id=CMD_ID.hex(),
     )
     key = example_signing_key()
     commands = [
@@ -128,7 +141,7 @@ def examples() -> list[Example]:
     ]
     out = [
         Example("tx: lock, card present, offline", "tx-record", lock.to_cbor()),
-        Example("tx: report_loss, card absent", "tx-record", loss.to_cbor()),
+        Example("tx: report_loss, card absent (no personal data)", "tx-record", loss.to_cbor()),
         Example("tx: failed PIN unblock", "tx-record", failed.to_cbor()),
         Example(
             "event: blacklist_hit",

@@ -156,10 +156,13 @@ async def test_broker_killed_mid_drain(
         _assert_exactly_once(central, state)
 
 
-def _drain_cmd(state: Path, broker: Mosquitto, timeout: float = 30) -> list[str]:
+def _drain_cmd(
+    state: Path, broker: Mosquitto, timeout: float = 30, rate: int | None = None
+) -> list[str]:
     return [
         *CLI, "uplink", "drain", "--state-dir", str(state), "--broker", broker.url,
         "--timeout", str(timeout), "--ack-timeout", "3", "--json",
+        *(["--rate", str(rate)] if rate else []),
     ]  # fmt: skip
 
 
@@ -171,7 +174,9 @@ async def test_agent_killed_at_random_and_restarted(
         kills = 0
         for _ in range(3):
             proc = await asyncio.create_subprocess_exec(
-                *_drain_cmd(state, broker),
+                # paced, so the random kill lands mid-drain (unpaced, 1,000 records can be
+                # done before the first kill)
+                *_drain_cmd(state, broker, rate=400),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )

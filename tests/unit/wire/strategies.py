@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from hypothesis import strategies as st
 
 from agent.wire import codec
@@ -10,6 +13,7 @@ terminals = st.text(alphabet="0123456789", min_size=12, max_size=12)
 uuids = st.binary(min_size=16, max_size=16)
 card_ids = st.binary(min_size=16, max_size=16)
 epochs = st.integers(0, 2**40)
+epochs_ms = st.integers(0, 2**50)
 uint64 = st.integers(0, 2**64 - 1)
 names = st.text(min_size=1, max_size=8).filter(lambda s: 1 <= len(s.encode()) <= 32)
 codes = st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode()) <= 64)
@@ -40,23 +44,32 @@ args_maps = st.dictionaries(names, plain, max_size=5)
 
 @st.composite
 def tx_messages(draw: st.DrawFn) -> codec.TxMessage:
-    kind = draw(st.sampled_from(codec.TX_KINDS))
-    loss = kind == "report_loss"
+    """Every shape the journal seals: card present or absent, nullable fields null or set."""
+
+    def maybe(strategy: st.SearchStrategy[Any]) -> Any:
+        return draw(st.none() | strategy)
+
+    created = draw(epochs_ms)
     return codec.TxMessage(
-        terminal=draw(terminals),
+        terminal_id=draw(terminals),
         seq=draw(st.integers(1, 2**64 - 1)),
-        tx_id=draw(uuids),
-        kind=kind,
-        state=draw(st.sampled_from(codec.TX_STATES)),
-        result=draw(codes),
-        created=draw(epochs),
-        offline=draw(st.booleans()),
         prev_hash=draw(st.binary(min_size=32, max_size=32)),
+        tx_id=str(uuid.UUID(bytes=draw(uuids))),
+        kind=draw(st.sampled_from(codec.TX_KINDS)),
+        outcome=draw(st.sampled_from(codec.TX_OUTCOMES)),
+        offline=draw(st.booleans()),
+        created_at=created,
+        completed_at=created + draw(st.integers(0, 10**7)),
         mac=draw(st.binary(min_size=8, max_size=8)),
-        card_id_code=None if loss else draw(card_ids),
-        card_number=draw(st.text("0123456789ABC", min_size=1, max_size=20)) if loss else None,
-        ssn_hash=draw(st.binary(min_size=32, max_size=32)) if loss else None,
-        reason=draw(st.none() | codes),
+        card_id_code=maybe(card_ids.map(lambda b: b.hex().upper())),
+        reason=maybe(codes),
+        result=maybe(codes),
+        error_code=maybe(codes),
+        idempotency_key=maybe(
+            st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 128)
+        ),
+        auth_id=maybe(uuids.map(bytes.hex)),
+        personal_digest=maybe(st.binary(min_size=32, max_size=32)),
     )
 
 
