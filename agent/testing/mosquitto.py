@@ -165,6 +165,7 @@ class Mosquitto:
             "log_type warning",
             "max_inflight_messages 0",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
             f"listener {self.port} 127.0.0.1",
         ]
         if os.geteuid() == 0:
