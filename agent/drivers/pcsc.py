@@ -666,6 +666,10 @@ class PcscCardChannel:
                 # pcscd has not polled yet (vpcd: < 0.5 s). Tell removal from a mute card.
                 _raise_if_removed(hcard)
             check(hr, "SCardTransmit")
+            if len(response) < 2:
+                # a card torn out mid-exchange can leave the driver "successful" with a
+                # truncated answer: report the removal, not a protocol error, when it is one
+                _raise_if_removed(hcard)
             return bytes(response)
 
         try:

@@ -76,6 +76,20 @@ TransitionTable = Mapping[tuple[str, str], str]
 MacFn = Callable[[bytes], bytes]
 
 
+def _retire_expired(conn: sqlite3.Connection, now: int) -> None:
+    """Mark every unused authorization whose expiry has passed as used by ``(expired)``.
+
+    Run before each authorization decision, so an authorization once seen expired stays
+    expired: a wall clock set back later cannot revive it. Fresh authorizations are still
+    judged by the current clock (a clock that runs behind does not block new ones).
+    """
+    conn.execute(
+        "UPDATE authorizations SET used_at = ?, used_by = '(expired)' "
+        "WHERE used_at IS NULL AND expires_at <= ?",
+        (now, now),
+    )
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -280,10 +294,14 @@ class Journal:
         self._schema_dir = schema_dir
         #: Where a corrupt file was moved at open, if it was.
         self.quarantined: Path | None = None
+        #: the key file exists only once a store was opened here: an empty database beside it
+        #: is a lost journal, not a first start.
+        self._existed = False
         if self._memory:
             key = os.urandom(32)
         else:
             kp = Path(key_path) if key_path is not None else Path(f"{self.path}.key")
+            self._existed = kp.exists()
             key = load_or_create_key(kp)
         self._sealer = Sealer(key)
         self._conn = self._open(max_bytes)
@@ -301,7 +319,9 @@ class Journal:
             return None
         size = self.path.stat().st_size
         if size == 0:
-            return None
+            # zero bytes beside an existing key file: the journal was emptied (a bad restore, a
+            # filesystem repair); quarantine it so the loss is reported, never silently reset
+            return "empty file where a journal was (its key file exists)" if self._existed else None
         with self.path.open("rb") as f:
             head = f.read(100)
         if len(head) < 100 or not head.startswith(SQLITE_HEADER):
@@ -522,6 +542,7 @@ class Journal:
         )
         with self._write("create intent") as conn:
             if record.auth_id is not None:
+                _retire_expired(conn, now)
                 cur = conn.execute(
                     "UPDATE authorizations SET used_at = ?, used_by = ? WHERE auth_id = ? "
                     "AND used_at IS NULL AND expires_at > ? AND card_id_code IS ? AND kind = ?",
@@ -1070,11 +1091,13 @@ class Journal:
 
     def find_valid_authorization(self, card_id_code: str, kind: str) -> Authorization | None:
         """An unused, unexpired authorization for this card and kind (soonest expiry first)."""
-        with self._read("find authorization") as conn:
+        now = self._clock()
+        with self._write("find authorization") as conn:
+            _retire_expired(conn, now)
             r = conn.execute(
                 f"SELECT {self._AUTH_COLS} FROM authorizations WHERE card_id_code = ? AND kind = ? "  # noqa: S608
                 "AND used_at IS NULL AND expires_at > ? ORDER BY expires_at LIMIT 1",
-                (card_id_code, kind, self._clock()),
+                (card_id_code, kind, now),
             ).fetchone()
         return None if r is None else self._auth(r)
 
@@ -1090,6 +1113,7 @@ class Journal:
         """Mark an unused, unexpired authorization used; False if it was not (atomic)."""
         now = self._clock()
         with self._write("consume authorization") as conn:
+            _retire_expired(conn, now)
             cur = conn.execute(
                 "UPDATE authorizations SET used_at = ?, used_by = ? WHERE auth_id = ? "
                 "AND used_at IS NULL AND expires_at > ?",

@@ -185,6 +185,14 @@ class UplinkSession:
                 self.stats.last_error = str(err)
                 self.stats.connect_failures += 1
                 log.info("uplink down: %s", err)
+            except* (OSError, RuntimeError, AgentError) as group:
+                # The uplink is a supervised loop: an unexpected failure of one connection
+                # (a socket error outside aiomqtt, a task scheduled on a closing group) must
+                # not end draining for the life of the process. Records wait in the journal.
+                failure = group.exceptions[0]
+                self.stats.last_error = f"{type(failure).__name__}: {failure}"
+                self.stats.connect_failures += 1
+                log.warning("uplink connection failed unexpectedly: %r", failure)
             finally:
                 self._client_now = None
                 self._set_online(False)

@@ -106,13 +106,6 @@ async def test_forward_jump_expires_an_authorization_and_unlock_is_refused(tmp_p
     journal.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "rule 3 not implemented: Journal judges authorization expiry against the raw clock; "
-        "it needs a persisted high-water time (see docs/RELIABILITY.md)"
-    ),
-)
 async def test_backward_jump_never_revives_an_expired_authorization(tmp_path):
     clock = Clock(1_767_225_600_000)
     journal = open_journal(tmp_path / "journal.db", clock=clock)

@@ -109,13 +109,6 @@ async def test_corrupt_journal_is_quarantined_and_the_agent_keeps_working(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a zero-length journal.db is taken for a new store (Journal._header_problem): when its "
-        "key file exists the store existed, so it should be quarantined and reported"
-    ),
-)
 async def test_a_journal_emptied_between_runs_is_reported(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     await _journal_with_records(db)
