@@ -16,8 +16,14 @@ class Notifier:
     def __init__(self, address: str | None = None) -> None:
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         self._sock: socket.socket | None = None
+        self.dropped = 0
         if self.address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: the sends happen on the event loop, and a service manager that stops
+            # reading (or a test harness) must never freeze the agent. A full socket drops the
+            # message; the next ping follows within a watchdog tick.
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
 
     @property
     def enabled(self) -> bool:
@@ -32,8 +38,8 @@ class Notifier:
         try:
             self._sock.sendto(message.encode(), addr)
         except OSError:
-            # systemd gone or socket full: the service manager will notice by itself
-            return
+            # systemd gone or its queue full (BlockingIOError): the manager notices by itself
+            self.dropped += 1
 
     def ready(self, status: str = "") -> None:
         self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))

@@ -70,3 +70,16 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     assert watchdog_interval_s() is None
     monkeypatch.delenv("WATCHDOG_USEC")
     assert watchdog_interval_s() is None
+
+
+def test_notifier_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
+    """A manager that stops reading must not freeze the event loop (sends are non-blocking)."""
+    path = str(tmp_path / "notify")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)  # bound, never read
+    n = Notifier(path)
+    for _ in range(10_000):
+        n.watchdog()  # would block forever on a blocking socket once the queue is full
+    assert n.dropped > 0
+    n.close()
+    srv.close()
