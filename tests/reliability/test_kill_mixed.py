@@ -128,6 +128,7 @@ async def test_sigkill_mixed_load_with_uplink_outages(tmp_path: Path, figures: F
         async with _running(central):
             pusher = asyncio.create_task(_push_authorizations(central, state, plan["terminal"]))
             outage: asyncio.Task[None] | None = None
+            proc: asyncio.subprocess.Process | None = None
             try:
                 for _ in range(KILLS):
                     proc = await _spawn(_cmd("drive", state, broker, central), log)
@@ -149,11 +150,19 @@ async def test_sigkill_mixed_load_with_uplink_outages(tmp_path: Path, figures: F
                 if outage is not None:
                     await outage
                 settle = await _spawn(_cmd("settle", state, broker, central), log)
-                async with asyncio.timeout(90):
-                    out, _ = await settle.communicate()
+                try:
+                    async with asyncio.timeout(90):
+                        out, _ = await settle.communicate()
+                finally:
+                    if settle.returncode is None:  # never leave a child behind the test
+                        settle.kill()
+                        await settle.wait()
                 assert settle.returncode == 0, (out, log.read_text()[-3000:])
                 summary = json.loads(out)
             finally:
+                if proc is not None and proc.returncode is None:  # no orphan after a failure
+                    proc.kill()
+                    await proc.wait()
                 pusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pusher
