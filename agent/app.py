@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from agent.tx.engine import TxEngine
     from agent.tx.records import TxRecord
     from agent.tx.recovery import Recovery
+    from agent.uplink.port import SessionUplinkPort
     from agent.uplink.session import UplinkSession
 
 log = logging.getLogger("agent.app")
@@ -504,36 +505,6 @@ class OfflineUplink:
         return None
 
 
-class LiveUplink:
-    """``UplinkPort`` over the MQTT session. Central grants authorizations by signed command
-    (``authorize``), stored in the journal before use; there is no online request message, so
-    an operation needing one without a stored authorization is decided as offline."""
-
-    def __init__(self) -> None:
-        self.session: UplinkSession | None = None
-        self._last_online_ms: int | None = int(time.time() * 1000)
-
-    @property
-    def online(self) -> bool:
-        return self.session is not None and self.session.online
-
-    @property
-    def last_online_ms(self) -> int | None:
-        return int(time.time() * 1000) if self.online else self._last_online_ms
-
-    def went_offline(self) -> None:
-        self._last_online_ms = int(time.time() * 1000)
-
-    async def request_authorization(self, kind: str, card_id_code: str) -> bool:
-        raise UplinkUnavailableError(
-            f"no stored authorization for {kind}: central sends one as a signed command"
-        )
-
-    def wake(self) -> None:
-        if self.session is not None:
-            self.session.wake()
-
-
 def central_public_keys(keys: Mapping[str, str]) -> dict[bytes, Any]:
     """``uplink.central_keys`` (name → Ed25519 public key hex) as COSE kid → key; the kid is
     the first 8 bytes of SHA-256 of the raw public key (``agent.sim.central.key_id``)."""
@@ -615,7 +586,7 @@ class App:
         self.slot: CardSlot
         self.rig: SimRig | None = None
         self.printer: ReceiptService | None = None
-        self.uplink_port: LiveUplink | OfflineUplink = OfflineUplink()
+        self.uplink_port: SessionUplinkPort | OfflineUplink = OfflineUplink()
         self.session: UplinkSession | None = None
         self.broker: Mosquitto | None = None
         self.central: ReferenceCentral | None = None
@@ -727,7 +698,16 @@ class App:
         self.health.set("psam", HealthState.OK, psam.raw)
         self.journal.meta_set("terminal_id", self.terminal_id)
         if cfg.uplink.enabled:
-            self.uplink_port = LiveUplink()
+            from agent.uplink.port import SessionUplinkPort
+
+            # the session is attached by the uplink task; until its first connection the
+            # offline policy counts the link as lost at start-up
+            self.uplink_port = SessionUplinkPort(
+                self.journal,
+                self.terminal_id,
+                timeout_s=cfg.uplink.authorization_timeout_s,
+                last_online_ms=int(time.time() * 1000),
+            )
         p = cfg.policy
         policy = PolicyConfig.from_settings(
             activate_offline_max_per_day=p.activate_offline_max_per_day,
@@ -910,7 +890,7 @@ class App:
             if self._reporter is not None:
                 self._spawn(self._reporter.flush(), "uplink-events-flush")
         elif kind == "uplink_offline":
-            if isinstance(self.uplink_port, LiveUplink):
+            if not isinstance(self.uplink_port, OfflineUplink):
                 self.uplink_port.went_offline()
             self.health.set("uplink", HealthState.DEGRADED, "offline")
         self.emit(kind, dict(data))
@@ -1006,13 +986,20 @@ class App:
                 self._on_command_event,
                 reporter=self._reporter,
                 on_resend=session.resend_from,
+                on_authorization=(
+                    None
+                    if isinstance(self.uplink_port, OfflineUplink)
+                    else self.uplink_port.answered
+                ),
             )
             session._on_command = on_command  # set after the session exists
         else:
             log.warning("uplink.central_keys is empty: commands from central are ignored")
+            if not isinstance(self.uplink_port, OfflineUplink):
+                self.uplink_port.commands_verified = False  # so central is never asked
         self._reporter.publisher = session.publish
         self.session = session
-        if isinstance(self.uplink_port, LiveUplink):
+        if not isinstance(self.uplink_port, OfflineUplink):
             self.uplink_port.session = session
         try:
             await session.run()

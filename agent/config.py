@@ -133,6 +133,9 @@ class UplinkConfig:
     #: Backlog pace (records per second); live records are not paced.
     backlog_rate: float = 200.0
     ack_timeout_s: float = 30.0
+    #: How long an online authorization request (unlock / PIN reset / PIN unblock) waits for
+    #: central's answer while the citizen waits at the terminal.
+    authorization_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 300.0
     keepalive_s: int = 30
@@ -280,6 +283,7 @@ _VALIDATORS: dict[str, typing.Callable[[Any], str | None]] = {
     "uplink.inflight_window": lambda v: None if 1 <= v <= 1000 else "1..1000",
     "uplink.backlog_rate": lambda v: None if v > 0 else "must be positive",
     "uplink.ack_timeout_s": lambda v: None if v > 0 else "must be positive",
+    "uplink.authorization_timeout_s": lambda v: None if 0 < v <= 120 else "0 < seconds <= 120",
     "uplink.reconnect_min_s": lambda v: None if v > 0 else "must be positive",
     "uplink.reconnect_max_s": lambda v: None if v > 0 else "must be positive",
     "journal.retention_days": lambda v: None if v >= 1 else "at least 1",

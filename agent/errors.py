@@ -403,6 +403,12 @@ class UplinkUnavailableError(UplinkError):
     code = "uplink_unavailable"
 
 
+class AuthorizationTimeoutError(UplinkUnavailableError):
+    """Central was asked online for an authorization and did not answer in time."""
+
+    code = "authorization_timeout"
+
+
 # ---------------------------------------------------------------------------------------------
 # Simulators (agent/sim): persisted device state
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,16 @@ It is the simulator the tests and the demo run against and the example for integ
   (COSE_Sign1, Ed25519) with a monotonic counter kept in the database, a random id and an
   issued/expires window: blacklist snapshot/delta (broadcast on ``ssc/v1/all/blacklist``),
   authorize unlock|pin_reset|pin_unblock, card_replaced, config_set, ping, report, resend.
-  A terminal reporting ``command_rejected`` with ``need = "snapshot"`` gets a snapshot.
+  A terminal reporting ``command_rejected`` with ``need = "snapshot"`` gets a snapshot;
+* answers online authorization requests (``authorization_request`` events, issue 4) with the
+  policy of :meth:`CentralStore.decide_authorization`, recorded in ``authorization_requests``:
+  refused (a signed ``authorization_refused`` naming the request) when the card was replaced
+  (:meth:`ReferenceCentral.card_replaced`; also an ``alerts`` row ``replaced_card_request``)
+  or is on the blacklist (central's blacklist means a formal loss); otherwise granted with an
+  ``authorize`` command bound to that card and kind that expires after ``authorization_ttl_s``
+  (5 minutes); a request older than ``request_max_age_s`` is recorded as ``stale`` and not
+  answered (the terminal stopped waiting long ago); with ``auto_authorize=False`` requests are
+  only recorded (``pending``), as for an operator who decides by hand.
 
 The signing key is created (mode 0600) beside the database on first start unless one is given.
 
@@ -67,7 +76,10 @@ from agent.uplink.outbox import ParsedTx, parse_tx
 from agent.uplink.session import NODELAY
 from agent.wire import cose, schema
 from agent.wire.codec import (
+    AUTHORIZATION_REQUEST,
     AckMessage,
+    AuthorizationRefused,
+    AuthorizationRequest,
     Authorize,
     BlacklistDelta,
     BlacklistSnapshot,
@@ -93,6 +105,10 @@ log = logging.getLogger("agent.sim.central")
 
 AUTHORIZE_KINDS = ("unlock", "pin_reset", "pin_unblock")
 DEFAULT_COMMAND_TTL_S = 86_400
+#: Lifetime of an authorization granted online (s): the citizen is at the terminal now.
+ONLINE_AUTHORIZATION_TTL_S = 300
+#: An authorization request older than this (by its event time) is not answered (s).
+REQUEST_MAX_AGE_S = 120
 MAX_BATCH = 1000
 MAX_ACK_RANGES = 256
 CHAIN_CHUNK = 1000
@@ -149,6 +165,21 @@ CREATE TABLE IF NOT EXISTS blacklist_log (
     version INTEGER PRIMARY KEY, base_version INTEGER NOT NULL, added TEXT NOT NULL,
     removed TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replaced_cards (card TEXT PRIMARY KEY, at INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS authorization_requests (
+    request_id  BLOB PRIMARY KEY,
+    terminal    TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    card        TEXT NOT NULL,
+    time        INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    decision    TEXT NOT NULL
+        CHECK (decision IN ('granted', 'refused', 'stale', 'pending', 'duplicate')),
+    reason      TEXT,
+    command_id  BLOB,
+    sent        INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS commands (
     counter  INTEGER PRIMARY KEY,
     id       BLOB NOT NULL UNIQUE,
@@ -215,6 +246,10 @@ def default_key_path(db_path: str | os.PathLike[str]) -> Path:
 class IngestResult:
     acks: dict[str, list[int]] = field(default_factory=dict)
     snapshot_for: set[str] = field(default_factory=set)
+    #: (terminal, request, decision, reason) of new authorization requests to answer.
+    authorizations: list[tuple[str, AuthorizationRequest, str, str | None]] = field(
+        default_factory=list
+    )
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
@@ -300,9 +335,18 @@ class _TxBatch:
 class CentralStore:
     """Central's SQLite database (sync; one connection behind a lock)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, schema_every: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        schema_every: int = 1,
+        auto_authorize: bool = True,
+        request_max_age_s: float = REQUEST_MAX_AGE_S,
+    ) -> None:
         self.path = Path(path)
         self.schema_every = schema_every
+        self.auto_authorize = auto_authorize
+        self.request_max_age_s = request_max_age_s
         self._tx_seen = 0
         self._keys_profile: CardProfile | None = None
         self._seal_keys: dict[str, algorithms.SM4] = {}
@@ -406,6 +450,49 @@ class CentralStore:
     def last_terminal_of(self, card: str) -> str | None:
         rows = self.query("SELECT terminal FROM cards WHERE card = ?", (card,))
         return str(rows[0][0]) if rows else None
+
+    def mark_replaced(self, card: str) -> None:
+        """The card was replaced (补换卡): never authorized again."""
+        with self._write() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO replaced_cards (card, at) VALUES (?, ?)", (card, _now_ms())
+            )
+
+    def is_replaced(self, card: str) -> bool:
+        return bool(self.query("SELECT 1 FROM replaced_cards WHERE card = ?", (card,)))
+
+    # ---- online authorization requests -------------------------------------------------------
+    def decide_authorization(
+        self, c: sqlite3.Connection, req: AuthorizationRequest, age_s: float
+    ) -> tuple[str, str | None]:
+        """The reference policy: ``(decision, reason)``.
+
+        1. a request older than ``request_max_age_s``: ``stale`` (not answered);
+        2. ``auto_authorize`` off: ``pending`` (recorded for an operator; not answered);
+        3. the card was replaced: ``refused``, ``card_replaced`` (seed rule: a replaced card
+           is never unlocked; nor is its PIN reset or unblocked);
+        4. the card is on the blacklist: ``refused``, ``formal_loss`` (central's blacklist is
+           the formal loss list; lifting it is a counter service);
+        5. otherwise ``granted``.
+        """
+        card = req.card_id_code.hex().upper()
+        if age_s > self.request_max_age_s:
+            return "stale", None
+        if not self.auto_authorize:
+            return "pending", None
+        if c.execute("SELECT 1 FROM replaced_cards WHERE card = ?", (card,)).fetchone():
+            return "refused", "card_replaced"
+        if c.execute("SELECT 1 FROM blacklist WHERE card = ?", (card,)).fetchone():
+            return "refused", "formal_loss"
+        return "granted", None
+
+    def answered_authorization(self, request_id: bytes, command_id: bytes | None) -> None:
+        """Record the command that answered a request (``None``: it could not be sent)."""
+        with self._write() as c:
+            c.execute(
+                "UPDATE authorization_requests SET command_id = ?, sent = ? WHERE request_id = ?",
+                (command_id, int(command_id is not None), request_id),
+            )
 
     # ---- ingest -----------------------------------------------------------------------------
     def _alert(
@@ -603,6 +690,42 @@ class CentralStore:
         )
         if cur.rowcount and ev.type == "command_rejected" and ev.data.get("need") == "snapshot":
             res.snapshot_for.add(terminal)
+        if cur.rowcount and ev.type == AUTHORIZATION_REQUEST:
+            self._authorization_request(c, ev, payload, now=now, res=res)
+
+    def _authorization_request(
+        self,
+        c: sqlite3.Connection,
+        ev: EventMessage,
+        payload: bytes,
+        *,
+        now: int,
+        res: IngestResult,
+    ) -> None:
+        terminal = ev.terminal  # checked against the topic by the caller
+        req = ev.authorization_request()  # the codec checked the shape already
+        card = req.card_id_code.hex().upper()
+        decision, reason = self.decide_authorization(c, req, now / 1000 - ev.time)
+        cur = c.execute(
+            "INSERT OR IGNORE INTO authorization_requests (request_id, terminal, kind, card, "
+            "time, received_at, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (req.request_id, terminal, req.kind, card, ev.time, now, decision, reason),
+        )
+        if not cur.rowcount:
+            # another event carried this request id: answer once, keep the first
+            self._alert(
+                c, "duplicate_request", "authorization request id seen before",
+                (terminal, None), payload,
+            )  # fmt: skip
+            return
+        if reason == "card_replaced":
+            self._alert(
+                c, "replaced_card_request",
+                f"{req.kind} requested for replaced card {card[:4]}****{card[-6:]}",
+                (terminal, None), payload,
+            )  # fmt: skip
+        if decision in ("granted", "refused"):
+            res.authorizations.append((terminal, req, decision, reason))
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,6 +770,9 @@ class ReferenceCentral:
         client_id: str | None = None,
         schema_every: int = 1,
         clock: Callable[[], float] = time.time,
+        auto_authorize: bool = True,
+        authorization_ttl_s: int = ONLINE_AUTHORIZATION_TTL_S,
+        request_max_age_s: float = REQUEST_MAX_AGE_S,
     ) -> None:
         self.host, self.port, use_tls = parse_broker_url(broker_url)
         if use_tls and tls is None:
@@ -655,7 +781,13 @@ class ReferenceCentral:
         self.group = group
         self.client_id = client_id or f"{group}-{uuid.uuid4().hex[:10]}"
         self.profile = profile
-        self.store = CentralStore(db_path, schema_every=schema_every)
+        self.store = CentralStore(
+            db_path,
+            schema_every=schema_every,
+            auto_authorize=auto_authorize,
+            request_max_age_s=request_max_age_s,
+        )
+        self.authorization_ttl_s = max(1, authorization_ttl_s)
         if not isinstance(signing_key, Ed25519PrivateKey):
             signing_key = load_or_create_signing_key(
                 signing_key if signing_key is not None else default_key_path(db_path)
@@ -743,6 +875,8 @@ class ReferenceCentral:
                     self.stats["acks"] += 1
             for terminal in sorted(res.snapshot_for):
                 await self.send_blacklist_snapshot(terminal)
+            for terminal, req, decision, reason in res.authorizations:
+                await self.answer_authorization(terminal, req, decision, reason)
 
     async def _send(self, topic: str, payload: bytes) -> None:
         client = self._client_now
@@ -761,13 +895,19 @@ class ReferenceCentral:
     # ---- commands ---------------------------------------------------------------------------
     def sign(self, terminal: str, body: CommandBody, ttl_s: int = DEFAULT_COMMAND_TTL_S) -> bytes:
         """Sign a command (next counter, new id, issued now) and log it; returns COSE bytes."""
+        return self.sign_command(terminal, body, ttl_s)[1]
+
+    def sign_command(
+        self, terminal: str, body: CommandBody, ttl_s: int = DEFAULT_COMMAND_TTL_S
+    ) -> tuple[Command, bytes]:
+        """:meth:`sign`, also returning the command."""
         now = int(self._clock())
 
         def make(counter: int) -> tuple[Command, bytes]:
             cmd = Command(uuid.uuid4().bytes, terminal, counter, now, now + max(1, ttl_s), body)
             return cmd, cose.sign(cmd.to_cbor(), self.key, self.kid)
 
-        return self.store.log_command(make)[1]
+        return self.store.log_command(make)
 
     async def command(
         self, terminal: str, body: CommandBody, ttl_s: int = DEFAULT_COMMAND_TTL_S
@@ -825,9 +965,36 @@ class ReferenceCentral:
         await self.command(target, Authorize(kind, bytes.fromhex(code), expires), ttl_s)
         return target
 
+    async def answer_authorization(
+        self, terminal: str, req: AuthorizationRequest, decision: str, reason: str | None
+    ) -> bytes | None:
+        """Send the answer to an online request: ``authorize`` for this card and kind expiring
+        after ``authorization_ttl_s``, or ``authorization_refused`` naming the request.
+        Returns the signed command, or ``None`` when the broker could not take it (recorded;
+        the terminal's wait then times out)."""
+        ttl = self.authorization_ttl_s
+        body: CommandBody
+        if decision == "granted":
+            body = Authorize(req.kind, req.card_id_code, int(self._clock()) + ttl)
+        else:
+            body = AuthorizationRefused(
+                req.kind, reason or "denied", req.request_id, req.card_id_code
+            )
+        command, signed = await asyncio.to_thread(self.sign_command, terminal, body, ttl)
+        try:
+            await self._send(topics.cmd(terminal), signed)
+        except UplinkUnavailableError as exc:
+            log.warning("answer to authorization request not sent: %s", exc)
+            await asyncio.to_thread(self.store.answered_authorization, req.request_id, None)
+            return None
+        await asyncio.to_thread(self.store.answered_authorization, req.request_id, command.id)
+        return signed
+
     async def card_replaced(self, card: str, terminal: str | None = None) -> None:
-        """The card was replaced: blacklist it and tell the terminals (all, or one)."""
+        """The card was replaced: blacklist it and tell the terminals (all, or one); online
+        authorization requests for it are refused from now on."""
         code = _card_hex(card)
+        await asyncio.to_thread(self.store.mark_replaced, code)
         await self.blacklist_add([code])
         body = CardReplaced(bytes.fromhex(code))
         if terminal is None:
@@ -877,6 +1044,26 @@ class ReferenceCentral:
             (terminal, terminal),
         )
         return [EventMessage.from_cbor(bytes(r[0])) for r in rows]
+
+    def authorization_requests(self, terminal: str | None = None) -> list[dict[str, Any]]:
+        """Online authorization requests and central's decisions, oldest first."""
+        rows = self.store.query(
+            "SELECT request_id, terminal, kind, card, time, received_at, decision, reason, "
+            "command_id, sent FROM authorization_requests WHERE (? IS NULL OR terminal = ?) "
+            "ORDER BY received_at, request_id",
+            (terminal, terminal),
+        )
+        keys = ("request_id", "terminal", "kind", "card", "time", "received_at", "decision")
+        return [
+            {
+                **dict(zip(keys, r[:7], strict=True)),
+                "request_id": bytes(r[0]).hex(),
+                "reason": r[7],
+                "command_id": bytes(r[8]).hex() if r[8] is not None else None,
+                "sent": bool(r[9]),
+            }
+            for r in rows
+        ]
 
     def chain_state(self, terminal: str) -> tuple[int, int]:
         """(verified contiguous seq, records stored) of a terminal."""

@@ -54,6 +54,7 @@ from agent.emv.script import ScriptOutcome, relay_issuer_scripts
 from agent.errors import (
     AgentError,
     AtrError,
+    AuthorizationTimeoutError,
     CardProtocolError,
     CardRefusedError,
     CardStatusError,
@@ -115,6 +116,10 @@ ENGINE_MESSAGES: Mapping[str, tuple[str, str]] = {
     ),
     "wrong_card": ("不是本次业务的卡", "This is not the card of this transaction"),
     "authorization_denied": ("中心未授权此业务", "Central did not authorize this service"),
+    "authorization_timeout": (
+        "中心未及时答复授权请求，请稍后再试",
+        "Central did not answer the authorization request in time; please try again later",
+    ),
     "no_bank_application": ("此卡无金融应用", "The card has no bank application"),
     "bank_not_configured": ("终端未连接银行主机", "This terminal has no bank host"),
     "idempotency_conflict": (
@@ -380,21 +385,41 @@ class TxEngine:
 
     # ---- policy ---------------------------------------------------------------------------
     async def authorize(self, kind: Kind, card_id_code: str | None) -> tuple[bool, str | None]:
-        """Policy decision; returns ``(offline, auth_id)`` or raises the refusal."""
+        """Policy decision; returns ``(offline, auth_id)`` or raises the refusal.
+
+        Unlock / PIN reset / PIN unblock without a stored authorization, online: a card the
+        local blacklist already refuses is refused without asking; otherwise central is asked
+        (``UplinkPort.request_authorization``). Central's refusal is decided by the policy again
+        (its signed refusal blacklists a replaced or formally lost card, so the citizen gets
+        ``card_replaced`` / ``formal_loss_counter_only``), else ``authorization_denied``; no
+        answer in time is ``authorization_timeout``; the link lost is decided as offline.
+        """
         now = self.clock()
         online = self.uplink.online
         auth = None
         if kind in AUTH_KINDS and card_id_code is not None:
             auth = self.journal.find_valid_authorization(card_id_code, kind.value)
             if auth is None and online:
+                known = decide(
+                    kind.value,
+                    True,
+                    Context(
+                        now_ms=now,
+                        card_id_code=card_id_code,
+                        blacklist_reason=self.journal.blacklist_reason(card_id_code),
+                    ),
+                    self.policy,
+                )
+                if not known.allowed:
+                    raise self.refuse(kind, card_id_code, known.code)
                 try:
-                    granted = await self.uplink.request_authorization(kind.value, card_id_code)
+                    await self.uplink.request_authorization(kind.value, card_id_code)
+                except AuthorizationTimeoutError:
+                    raise self.refuse(kind, card_id_code, "authorization_timeout") from None
                 except UplinkUnavailableError:
                     online = False  # central went away: decide as offline
-                else:
-                    if not granted:
-                        raise self.refuse(kind, card_id_code, "authorization_denied")
-                    auth = self.journal.find_valid_authorization(card_id_code, kind.value)
+                # granted or not, only a verified authorization in the journal counts
+                auth = self.journal.find_valid_authorization(card_id_code, kind.value)
         count = 0
         if kind is Kind.ACTIVATE and not online:
             count = self.journal.counter_get(ACTIVATE_OFFLINE_COUNTER, day_window(now))

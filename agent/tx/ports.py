@@ -2,10 +2,12 @@
 
 * :class:`UplinkPort` — the link to central: whether it is up, when it was last up (the offline
   policy's age limit), asking central for a signed authorization (unlock, PIN reset, PIN
-  unblock) and waking the outbox drain after a seal. The MQTT uplink (``agent.uplink``)
-  implements it later; an authorization central grants arrives as a signed ``authorize``
-  command that the uplink verifies and stores with ``Journal.add_authorization`` — the engine
-  only ever reads authorizations from the journal, so an unverified one can never be used.
+  unblock) and waking the outbox drain after a seal. The MQTT uplink implements it
+  (``agent.uplink.port.SessionUplinkPort``: an ``authorization_request`` event, answered by
+  central's signed ``authorize`` or ``authorization_refused``); a granted authorization arrives
+  as a signed ``authorize`` command that the uplink verifies and stores with
+  ``Journal.add_authorization`` — the engine only ever reads authorizations from the journal,
+  so an unverified one can never be used.
 * :class:`BankHostPort` — the bank host for bank activation (ssc-card-protocol.md §4): the
   online request (the card's ARQC and the data it covers) in, issuer scripts out.
 
@@ -46,8 +48,11 @@ class UplinkPort(Protocol):
         """Ask central online for a signed authorization of ``kind`` for this card.
 
         True when central granted one and it has been verified and stored in the journal
-        (``Journal.add_authorization``) before this returns; False when central refused.
-        Raises ``UplinkUnavailableError`` when central cannot be asked now.
+        (``Journal.add_authorization``) before this returns; False when central refused (its
+        signed refusal may have blacklisted the card: the engine decides again).
+        Raises ``UplinkUnavailableError`` when central cannot be asked now (or the link went
+        away meanwhile), and its subclass ``AuthorizationTimeoutError`` when central was asked
+        and did not answer in time.
         """
         ...
 

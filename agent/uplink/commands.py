@@ -5,19 +5,25 @@
 :class:`agent.wire.commands.CommandVerifier` (COSE_Sign1 Ed25519, terminal binding, expiry,
 replay) and then applied to the journal:
 
-==================  ===========================================================================
-blacklist_snapshot  ``Journal.blacklist_snapshot_replace`` (replaced cards keep their reason)
-blacklist_delta     ``Journal.blacklist_apply_delta``; a base-version mismatch is reported as
-                    ``command_rejected`` with reason ``blacklist_version`` and
-                    ``need = "snapshot"``: central answers with a snapshot for this terminal
-authorize           ``Journal.add_authorization`` (offline unlock / PIN reset / PIN unblock)
-card_replaced       blacklisted with reason ``replaced`` (unlock refused for good, the seed rule
-                    in ``agent.tx.policy``), remembered across snapshots
-config_set          stored as a pending ``config_changed`` event; the app applies it
-ping                ``pong`` event
-report              ``command_applied`` event with journal counts
-resend              unacked records from ``from_seq`` are resent now
-==================  ===========================================================================
+=====================  ========================================================================
+blacklist_snapshot     ``Journal.blacklist_snapshot_replace`` (replaced cards keep their reason)
+blacklist_delta        ``Journal.blacklist_apply_delta``; a base-version mismatch is reported as
+                       ``command_rejected`` with reason ``blacklist_version`` and
+                       ``need = "snapshot"``: central answers with a snapshot for this terminal
+authorize              ``Journal.add_authorization`` (unlock / PIN reset / PIN unblock: pushed
+                       ahead, or central's answer to an ``authorization_request`` event)
+authorization_refused  central refused an online request: reason ``card_replaced`` is applied
+                       as ``card_replaced`` below; ``formal_loss`` blacklists the card with
+                       reason ``formal_loss`` (not remembered: central's next snapshot or delta
+                       rules); ``denied`` changes nothing. ``on_authorization`` then ends the
+                       request's wait
+card_replaced          blacklisted with reason ``replaced`` (unlock refused for good, the seed
+                       rule in ``agent.tx.policy``), remembered across snapshots
+config_set             stored as a pending ``config_changed`` event; the app applies it
+ping                   ``pong`` event
+report                 ``command_applied`` event with journal counts
+resend                 unacked records from ``from_seq`` are resent now
+=====================  ========================================================================
 
 Every outcome is an event: stored in the journal's events table first (durable, reported later
 if offline), then published on ``ssc/v1/<terminal>/event`` when a publisher is attached. Every
@@ -50,6 +56,7 @@ from agent.errors import (
 from agent.journal import Journal
 from agent.uplink import topics
 from agent.wire.codec import (
+    AuthorizationRefused,
     Authorize,
     BlacklistDelta,
     BlacklistSnapshot,
@@ -85,6 +92,8 @@ _EVENT_NS = uuid.UUID("6f1c2d8e-5b3a-4e0f-9a51-3c7d2b8e4f10")
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
 EventHook = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+#: Told (on the event loop) about every applied ``authorize`` and ``authorization_refused``.
+AuthorizationHook = Callable[[Authorize | AuthorizationRefused], None]
 
 
 def _hex(card: bytes) -> str:
@@ -175,7 +184,9 @@ class CommandHandler:
     ``on_event(kind, data)`` (sync or async) is told about every event after it is stored, e.g.
     to forward it to local API clients. ``reporter`` publishes events on the uplink (attach the
     session's ``publish`` as its publisher); ``on_resend(from_seq)`` is the session's
-    ``resend_from``.
+    ``resend_from``; ``on_authorization(body)`` is told about every applied ``authorize`` and
+    ``authorization_refused`` (``agent.uplink.port.SessionUplinkPort.answered``: it ends the
+    wait of an online request).
     """
 
     def __init__(
@@ -188,6 +199,7 @@ class CommandHandler:
         replay: JournalReplayStore | None = None,
         reporter: EventReporter | None = None,
         on_resend: Callable[[int], None] | None = None,
+        on_authorization: AuthorizationHook | None = None,
     ) -> None:
         self.verifier = verifier
         self.journal = journal
@@ -196,6 +208,7 @@ class CommandHandler:
         self.replay = replay or JournalReplayStore(journal)
         self.reporter = reporter or EventReporter(journal, terminal)
         self.on_resend = on_resend
+        self.on_authorization = on_authorization
 
     async def __call__(self, topic: str, payload: bytes) -> None:
         try:
@@ -233,6 +246,10 @@ class CommandHandler:
         if isinstance(command.body, Resend) and self.on_resend is not None:
             self.on_resend(command.body.from_seq)
         await self._event(kind, data)
+        if self.on_authorization is not None and isinstance(
+            command.body, Authorize | AuthorizationRefused
+        ):
+            self.on_authorization(command.body)
 
     async def _event(self, kind: str, data: dict[str, Any]) -> None:
         await self.reporter.report(kind, data)
@@ -279,6 +296,18 @@ class CommandHandler:
                 command.to_cbor(),
             )
             return "command_applied", {**base, "kind": body.kind, "new": new}
+        if isinstance(body, AuthorizationRefused):
+            refused = {
+                **base,
+                "kind": body.kind,
+                "reason": body.reason,
+                "request_id": body.request_id,
+            }
+            if body.reason == "card_replaced":
+                return "command_applied", {**refused, **self._card_replaced(body.card_id_code)}
+            if body.reason == "formal_loss":
+                return "command_applied", {**refused, **self._formal_loss(body.card_id_code)}
+            return "command_applied", {**refused, "blacklisted": False}
         if isinstance(body, CardReplaced):
             return "command_applied", {**base, **self._card_replaced(body.card_id_code)}
         if isinstance(body, ConfigSet):
@@ -304,22 +333,38 @@ class CommandHandler:
     def _card_replaced(self, card: bytes) -> dict[str, Any]:
         """Remember the card and blacklist it now with reason ``replaced``.
 
-        The journal has no single-entry insert, so a one-entry delta v -> v+1 is applied and
-        the local version set back to v: the list stays at central's version (the next delta
-        from central still applies) and the entry survives later snapshots and deltas
-        because ``_apply`` re-adds every remembered replaced card.
+        The entry survives later snapshots and deltas because ``_apply`` re-adds every
+        remembered replaced card.
         """
-        j = self.journal
         code = _hex(card)
         known = self._replaced()
         if code not in known:
-            j.meta_set(_META_REPLACED, ",".join([*known, code]))
+            self.journal.meta_set(_META_REPLACED, ",".join([*known, code]))
+        self._blacklist_one(code, REPLACED_REASON)
+        return {"blacklisted": True}
+
+    def _formal_loss(self, card: bytes) -> dict[str, Any]:
+        """Central refused because the card is formally reported lost: blacklist it now (its
+        next snapshot or delta may have been missed). Not remembered: central's list rules
+        from its next snapshot or delta on. A replaced card stays replaced."""
+        code = _hex(card)
+        if self.journal.blacklist_reason(code) != REPLACED_REASON:
+            self._blacklist_one(code, BLACKLIST_REASON)
+        return {"blacklisted": True}
+
+    def _blacklist_one(self, code: str, reason: str) -> None:
+        """Blacklist one card without moving the list's version.
+
+        The journal has no single-entry insert, so a one-entry delta v -> v+1 is applied and
+        the local version set back to v: the list stays at central's version (the next delta
+        from central still applies).
+        """
+        j = self.journal
         version = j.blacklist_version()
         try:
-            j.blacklist_apply_delta(version, version + 1, [(code, REPLACED_REASON)], [])
+            j.blacklist_apply_delta(version, version + 1, [(code, reason)], [])
         finally:
             j.meta_set(_META_VERSION, version)
-        return {"blacklisted": True}
 
     def _requeue(self, from_seq: int) -> int:
         j = self.journal

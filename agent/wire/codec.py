@@ -34,8 +34,11 @@ from agent.wire.cbor import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, decode, encode
 
 __all__ = [
     "API_MAX_DEPTH",
+    "AUTHORIZATION_REQUEST",
+    "AUTHORIZE_KINDS",
     "CONFIG_SETTINGS",
     "EVENT_TYPES",
+    "REFUSAL_REASONS",
     "SCHEMA_VERSION",
     "TX_KINDS",
     "TX_OUTCOMES",
@@ -43,6 +46,8 @@ __all__ = [
     "ApiEvent",
     "ApiRequest",
     "ApiResponse",
+    "AuthorizationRefused",
+    "AuthorizationRequest",
     "Authorize",
     "BlacklistDelta",
     "BlacklistSnapshot",
@@ -97,8 +102,11 @@ EVENT_TYPES = (
     "tx_resolved",
     "config_changed",
     "pong",
+    "authorization_request",
 )
 AUTHORIZE_KINDS = ("unlock", "pin_reset", "pin_unblock")
+#: Why central refused an online authorization request (``authorization_refused``).
+REFUSAL_REASONS = ("card_replaced", "formal_loss", "denied")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 
 #: Settings central may change with ``config_set``: key -> allowed values (a tuple of choices,
@@ -529,9 +537,51 @@ class TxMessage(Message):
 # --------------------------------------------------------------------------------------------
 # ssc/v1/<t>/event, status, telemetry
 # --------------------------------------------------------------------------------------------
+#: The event type whose ``data`` has a fixed shape (:class:`AuthorizationRequest`).
+AUTHORIZATION_REQUEST = "authorization_request"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """The ``data`` of an ``authorization_request`` event: the agent asks central online for a
+    signed authorization of ``kind`` for one card (ISSUE 4; DESIGN §5).
+
+    ``request_id`` is a 16-byte binary UUID (the agent makes a UUIDv7) that central's answer
+    names when it refuses (``authorization_refused``); a grant is an ordinary ``authorize``
+    command for this card and kind. ``card_id_code`` is the card identification code, binary.
+    """
+
+    request_id: bytes
+    kind: str
+    card_id_code: bytes
+
+    def __post_init__(self) -> None:
+        with _local("AuthorizationRequest"):
+            self._check()
+
+    def _check(self) -> None:
+        _bytes(self.request_id, "request_id", 16)
+        _choice(self.kind, "kind", AUTHORIZE_KINDS)
+        _bytes(self.card_id_code, "card_id_code", 16)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"kind": self.kind, "request_id": self.request_id, "card_id_code": self.card_id_code}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AuthorizationRequest:
+        """From an event's ``data``; ``WireError`` unless it has exactly this shape."""
+        with _remote("authorization-request"):
+            m = _keys(data, "authorization_request data", {"kind", "request_id", "card_id_code"})
+            return cls(m["request_id"], m["kind"], m["card_id_code"])
+
+
 @dataclass(frozen=True, slots=True)
 class EventMessage(Message):
-    """An event on ``ssc/v1/<terminal>/event``; ``data`` holds no personal data (masked)."""
+    """An event on ``ssc/v1/<terminal>/event``; ``data`` holds no personal data (masked).
+
+    ``data`` is an open map, except for ``authorization_request``, whose data is exactly an
+    :class:`AuthorizationRequest` (``authorization-request`` in the CDDL).
+    """
 
     RULE: ClassVar[str] = "event"
 
@@ -547,6 +597,19 @@ class EventMessage(Message):
         _uint(self.time, "time")
         _choice(self.type, "type", EVENT_TYPES)
         object.__setattr__(self, "data", _data_map(self.data, "data"))
+        if self.type == AUTHORIZATION_REQUEST:
+            m = _keys(
+                self.data, "authorization_request data", {"kind", "request_id", "card_id_code"}
+            )
+            _bytes(m["request_id"], "request_id", 16)
+            _choice(m["kind"], "kind", AUTHORIZE_KINDS)
+            _bytes(m["card_id_code"], "card_id_code", 16)
+
+    def authorization_request(self) -> AuthorizationRequest:
+        """The request of an ``authorization_request`` event (``WireError`` for another type)."""
+        if self.type != AUTHORIZATION_REQUEST:
+            raise WireError(f"a {self.type} event is not an authorization request")
+        return AuthorizationRequest.from_data(self.data)
 
     def to_obj(self) -> dict[str, Any]:
         return {
@@ -760,7 +823,8 @@ class BlacklistDelta(_Body):
 
 @dataclass(frozen=True, slots=True)
 class Authorize(_Body):
-    """A signed authorization for an offline unlock / PIN reset / PIN unblock of one card."""
+    """A signed authorization for an unlock / PIN reset / PIN unblock of one card: pushed
+    ahead (used offline) or central's grant of an ``authorization_request``."""
 
     TYPE: ClassVar[str] = "authorize"
     kind: str
@@ -779,6 +843,44 @@ class Authorize(_Body):
     def _from_obj(cls, obj: Any) -> Self:
         m = _keys(obj, "authorize body", {"kind", "expires", "card_id_code"})
         return cls(m["kind"], m["card_id_code"], m["expires"])
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRefused(_Body):
+    """Central's signed refusal of an online authorization request (``request_id`` of the
+    ``authorization_request`` event): the agent stops waiting and refuses the operation.
+
+    ``reason``: ``card_replaced`` (the agent also blacklists the card as replaced, for good),
+    ``formal_loss`` (blacklisted as a formal loss until central's list says otherwise) or
+    ``denied`` (no reason given).
+    """
+
+    TYPE: ClassVar[str] = "authorization_refused"
+    kind: str
+    reason: str
+    request_id: bytes
+    card_id_code: bytes
+
+    def _check(self) -> None:
+        _choice(self.kind, "kind", AUTHORIZE_KINDS)
+        _choice(self.reason, "reason", REFUSAL_REASONS)
+        _bytes(self.request_id, "request_id", 16)
+        _bytes(self.card_id_code, "card_id_code", 16)
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "card_id_code": self.card_id_code,
+        }
+
+    @classmethod
+    def _from_obj(cls, obj: Any) -> Self:
+        m = _keys(
+            obj, "authorization_refused body", {"kind", "reason", "request_id", "card_id_code"}
+        )
+        return cls(m["kind"], m["reason"], m["request_id"], m["card_id_code"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -865,6 +967,7 @@ CommandBody: TypeAlias = (
     BlacklistSnapshot
     | BlacklistDelta
     | Authorize
+    | AuthorizationRefused
     | CardReplaced
     | ConfigSet
     | Ping
@@ -877,6 +980,7 @@ _BODIES: Mapping[str, type[_Body]] = {
         BlacklistSnapshot,
         BlacklistDelta,
         Authorize,
+        AuthorizationRefused,
         CardReplaced,
         ConfigSet,
         Ping,

@@ -18,6 +18,8 @@ from agent.wire.codec import (
     ApiEvent,
     ApiRequest,
     ApiResponse,
+    AuthorizationRefused,
+    AuthorizationRequest,
     Authorize,
     BlacklistDelta,
     BlacklistSnapshot,
@@ -48,6 +50,8 @@ TX_ID_LOSS = "019b7a4e-1c3c-7d3a-9a0b-1c2d3e4f5061"
 TX_ID_PIN = "019b7a4e-1c78-7e01-b2c3-d4e5f6071829"
 EVENT_ID = bytes.fromhex("019b7a4e1c427a11b2c3d4e5f6071829")
 CMD_ID = bytes.fromhex("019b7a4d00007cc0a1b2c3d4e5f60718")
+#: An online authorization request: the event id is the request id.
+REQUEST_ID = bytes.fromhex("019b7a4e1c4e7b22a3c4d5e6f7081920")
 PREV_HASH = bytes.fromhex("5f" * 32)
 MAC = bytes.fromhex("1a2b3c4d5e6f7081")
 
@@ -138,6 +142,10 @@ def examples() -> list[Example]:
         ("ping", _command(Ping(), 105)),
         ("report", _command(Report(), 106)),
         ("resend", _command(Resend(40), 107)),
+        (
+            "authorization_refused",
+            _command(AuthorizationRefused("unlock", "card_replaced", REQUEST_ID, CARD_B), 108),
+        ),
     ]
     out = [
         Example("tx: lock, card present, offline", "tx-record", lock.to_cbor()),
@@ -163,6 +171,17 @@ def examples() -> list[Example]:
                 T0 + 6,
                 "command_rejected",
                 {"reason": "expired", "command_id": CMD_ID},
+            ).to_cbor(),
+        ),
+        Example(
+            "event: authorization_request",
+            "event",
+            EventMessage(
+                TERMINAL,
+                REQUEST_ID,
+                T0 + 7,
+                "authorization_request",
+                AuthorizationRequest(REQUEST_ID, "unlock", CARD_A).to_data(),
             ).to_cbor(),
         ),
         Example(

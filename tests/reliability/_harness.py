@@ -1,9 +1,10 @@
 """Child-process load driver for the SIGKILL campaign (DESIGN §4, §9; issue 8 item 1).
 
 A simulated terminal in a state directory runs a mixed transaction load — lock, unlock with
-authorizations pushed by central, activation, PIN change, loss report — across several
-virtual cards that are swapped in and out of the reader, while the real uplink
-(``UplinkSession`` + ``JournalOutbox`` + ``CommandHandler``) drains the journal to a broker
+authorizations pushed by central or requested online, activation, PIN change, loss report —
+across several virtual cards that are swapped in and out of the reader, while the real uplink
+(``UplinkSession`` + ``JournalOutbox`` + ``CommandHandler`` + the product's
+``agent.uplink.port.SessionUplinkPort``) drains the journal to a broker
 where a ``ReferenceCentral`` acks. The parent test SIGKILLs this process at random moments,
 takes the broker down and up, restarts it, and finally audits everything with :func:`audit`.
 
@@ -56,7 +57,6 @@ from agent.errors import (
     CardRefusedError,
     PolicyRefusal,
     TransactionInDoubtError,
-    UplinkUnavailableError,
 )
 from agent.profile import CardProfile, load_profile
 from agent.sim.card import VirtualSscCard
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
     from agent.sim.central import ReferenceCentral
     from agent.tx.engine import TxEngine
     from agent.tx.recovery import Recovery
-    from agent.uplink.session import UplinkSession
 
 HARNESS = "harness"
 EFFECTS_KEY = "harness_effects"
@@ -243,38 +242,6 @@ def card_keys(state: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# The uplink port over the real session
-# --------------------------------------------------------------------------------------------
-class SessionUplink:
-    """``agent.tx.ports.UplinkPort`` over ``UplinkSession``. Central pushes authorizations as
-    signed commands (stored by ``CommandHandler``); there is no online request on the wire, so
-    :meth:`request_authorization` says central cannot be asked."""
-
-    def __init__(self) -> None:
-        self.session: UplinkSession | None = None
-        self._last: int | None = None
-
-    def on_event(self, kind: str, _: dict[str, object]) -> None:
-        if kind == "uplink_offline":
-            self._last = now_ms()
-
-    @property
-    def online(self) -> bool:
-        return self.session is not None and self.session.online
-
-    @property
-    def last_online_ms(self) -> int | None:
-        return now_ms() if self.online else self._last
-
-    async def request_authorization(self, kind: str, card_id_code: str) -> bool:
-        raise UplinkUnavailableError("authorizations are pushed by central, not requested")
-
-    def wake(self) -> None:
-        if self.session is not None:
-            self.session.wake()
-
-
-# --------------------------------------------------------------------------------------------
 # The driver
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -292,6 +259,7 @@ class Driver:
         from agent.tx.recovery import Recovery
         from agent.uplink.commands import CommandHandler, EventReporter, JournalReplayStore
         from agent.uplink.outbox import JournalOutbox
+        from agent.uplink.port import SessionUplinkPort
         from agent.uplink.session import UplinkSession, UplinkSettings
         from agent.wire.codec import StatusMessage, ack_ranges
         from agent.wire.commands import CommandVerifier
@@ -303,11 +271,12 @@ class Driver:
         self.store = CardStore(self.state)
         for key in card_keys(self.state):
             self.cards[key] = CardFile(self.store, key, self.profile, OpTag)
-        self.uplink = SessionUplink()
+        terminal = await self.rig.terminal_id()
+        self.terminal = terminal
+        # the product's port: an unlock without a pushed authorization asks central online
+        self.uplink = SessionUplinkPort(self.journal, terminal, timeout_s=3.0)
         self.engine: TxEngine = await self.rig.engine(uplink=self.uplink)
         self.recovery: Recovery = Recovery(self.engine)
-        terminal = self.engine.terminal_id
-        self.terminal = terminal
         host, _, port = self.broker.removeprefix("mqtt://").partition(":")
         verifier = CommandVerifier(
             {self.kid: Ed25519PublicKey.from_public_bytes(self.central_key)},
@@ -316,7 +285,13 @@ class Driver:
             JournalReplayStore(self.journal),
         )
         reporter = EventReporter(self.journal, terminal)
-        handler = CommandHandler(verifier, self.journal, terminal, reporter=reporter)
+        handler = CommandHandler(
+            verifier,
+            self.journal,
+            terminal,
+            reporter=reporter,
+            on_authorization=self.uplink.answered,
+        )
         self.outbox = JournalOutbox(self.journal)
         self.session = UplinkSession(
             UplinkSettings(
@@ -335,7 +310,7 @@ class Driver:
             ).to_cbor(),
             decode_ack=lambda p: ack_ranges(p, terminal),
             on_command=handler,
-            on_event=self.uplink.on_event,
+            on_event=self.uplink.on_session_event,
         )
         reporter.publisher = self.session.publish
         handler.on_resend = self.session.resend_from

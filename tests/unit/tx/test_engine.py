@@ -9,11 +9,13 @@ import pytest
 
 from agent.card.apdu import CommandApdu
 from agent.errors import (
+    AuthorizationTimeoutError,
     CardRefusedError,
     CardRemovedError,
     LocalProtocolError,
     PolicyRefusal,
     TransactionInDoubtError,
+    UplinkUnavailableError,
 )
 from agent.journal.codec import decode_body
 from agent.sim.channel import FaultPlan
@@ -27,6 +29,7 @@ from agent.tx.policy import (
     OperationPolicy,
     PolicyConfig,
 )
+from agent.tx.ports import FakeUplink
 from agent.tx.records import Kind
 
 from ._txsupport import FLOWS, NEW_PIN, PROFILE, Terminal, prepared, with_state
@@ -122,6 +125,70 @@ async def test_online_unlock_asks_central() -> None:
     assert not rec.offline
     assert rec.auth_id is not None
     assert t.uplink.requests == [("unlock", t.cid)]
+
+
+class AnsweringCentral(FakeUplink):
+    """Central online that answers a request as told: ``replaced`` / ``formal_loss`` (its signed
+    refusal blacklists the card, as ``CommandHandler`` applies it, then False), ``denied``
+    (False), ``timeout`` (no answer in time), ``dropped`` (the link went down meanwhile)."""
+
+    def __init__(self, t: Terminal, answer: str) -> None:
+        super().__init__(t.journal, online=True)
+        self.answer = answer
+
+    async def request_authorization(self, kind: str, card_id_code: str) -> bool:
+        self.requests.append((kind, card_id_code))
+        if self.answer in (REPLACED, FORMAL_LOSS):
+            v = self._journal.blacklist_version()
+            self._journal.blacklist_apply_delta(v, v + 1, [(card_id_code, self.answer)], [])
+        elif self.answer == "timeout":
+            raise AuthorizationTimeoutError("central did not answer")
+        elif self.answer == "dropped":
+            self.online = False
+            raise UplinkUnavailableError("the uplink went down")
+        return False
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (REPLACED, "card_replaced"),
+        (FORMAL_LOSS, "formal_loss_counter_only"),
+        ("denied", "authorization_denied"),
+        ("timeout", "authorization_timeout"),
+        ("dropped", "offline_unlock_needs_authorization"),
+    ],
+)
+async def test_online_unlock_refused_by_centrals_answer(answer: str, code: str) -> None:
+    t = Terminal()
+    await t.engine.lock(t.channel())
+    central = AnsweringCentral(t, answer)
+    t.engine.uplink = central
+    with pytest.raises(PolicyRefusal) as exc:
+        await t.engine.unlock(t.channel())
+    assert exc.value.code == code
+    assert central.requests == [("unlock", t.cid)]
+    assert t.card.state == "temp_locked"
+    assert t.kinds() == ["lock"]
+    [ev] = [e for e in t.journal.events() if e.kind == "tx_refused"]
+    assert ev.data["code"] == code
+
+
+@pytest.mark.parametrize("kind", ["unlock", "pin_reset"])
+async def test_a_card_the_blacklist_refuses_is_not_asked_for(kind: str) -> None:
+    t = Terminal(online=True)
+    if kind == "unlock":
+        await t.engine.lock(t.channel())
+    t.journal.blacklist_snapshot_replace(1, [(t.cid, REPLACED)])
+    run = (
+        t.engine.unlock(t.channel())
+        if kind == "unlock"
+        else t.engine.pin_reset(t.channel(), NEW_PIN)
+    )
+    with pytest.raises(PolicyRefusal) as exc:
+        await run
+    assert exc.value.code == "card_replaced"
+    assert t.uplink.requests == []
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from agent.tx.machine import TABLE
 from agent.uplink.commands import CommandHandler, JournalReplayStore
 from agent.wire import cose
 from agent.wire.codec import (
+    AuthorizationRefused,
     Authorize,
     BlacklistDelta,
     BlacklistSnapshot,
@@ -57,6 +58,7 @@ class Harness:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.published: list[bytes] = []
         self.resends: list[int] = []
+        self.answers: list[Any] = []
 
         async def publish(topic: str, payload: bytes) -> None:
             assert topic == f"ssc/v1/{T}/event"
@@ -68,6 +70,7 @@ class Harness:
             T,
             lambda k, d: self.events.append((k, d)),
             on_resend=self.resends.append,
+            on_authorization=self.answers.append,
         )
         self.handler.reporter.publisher = publish
 
@@ -210,3 +213,54 @@ async def test_rejections_are_events(h: Harness) -> None:
     published = [EventMessage.from_cbor(p, validate=True) for p in h.published]
     assert [e.type for e in published].count("command_rejected") == 8
     assert all(e.reported for e in h.journal.events(0, 100))
+
+
+REQUEST = bytes(range(16))
+
+
+@pytest.mark.parametrize(
+    ("reason", "blacklisted"),
+    [("card_replaced", "replaced"), ("formal_loss", "formal_loss"), ("denied", None)],
+)
+async def test_authorization_refused_blacklists_by_reason_and_is_announced(
+    h: Harness, reason: str, blacklisted: str | None
+) -> None:
+    await h.send(BlacklistSnapshot(5, ()))
+    body = AuthorizationRefused("unlock", reason, REQUEST, _card(CARD_A))
+    kind, data = await h.send(body)
+    assert kind == "command_applied"
+    assert (data["type"], data["kind"], data["reason"], data["request_id"]) == (
+        "authorization_refused",
+        "unlock",
+        reason,
+        REQUEST,
+    )
+    assert data["blacklisted"] is (blacklisted is not None)
+    assert h.journal.blacklist_reason(CARD_A) == blacklisted
+    assert h.journal.blacklist_version() == 5  # still central's version
+    assert h.answers == [body]
+    assert h.journal.find_valid_authorization(CARD_A, "unlock") is None
+
+
+async def test_formal_loss_refusal_never_downgrades_a_replaced_card(h: Harness) -> None:
+    await h.send(CardReplaced(_card(CARD_A)))
+    await h.send(AuthorizationRefused("pin_reset", "formal_loss", REQUEST, _card(CARD_A)))
+    assert h.journal.blacklist_reason(CARD_A) == "replaced"
+    await h.send(BlacklistSnapshot(9, ()))  # central's list without it: the refusal was formal
+    assert h.journal.blacklist_reason(CARD_A) == "replaced"
+
+
+async def test_formal_loss_refusal_yields_to_centrals_next_snapshot(h: Harness) -> None:
+    await h.send(AuthorizationRefused("unlock", "formal_loss", REQUEST, _card(CARD_B)))
+    assert h.journal.blacklist_reason(CARD_B) == "formal_loss"
+    await h.send(BlacklistSnapshot(2, ()))
+    assert not h.journal.is_blacklisted(CARD_B)
+
+
+async def test_only_authorization_answers_reach_the_hook(h: Harness) -> None:
+    await h.send(Ping())
+    await h.send(CardReplaced(_card(CARD_A)))
+    assert h.answers == []
+    grant = Authorize("pin_unblock", _card(CARD_B), int(h.now) + 60)
+    await h.send(grant)
+    assert h.answers == [grant]

@@ -73,8 +73,26 @@ def tx_messages(draw: st.DrawFn) -> codec.TxMessage:
     )
 
 
-events = st.builds(
-    codec.EventMessage, terminals, uuids, epochs, st.sampled_from(codec.EVENT_TYPES), data_maps
+authorization_requests = st.builds(
+    codec.AuthorizationRequest, uuids, st.sampled_from(codec.AUTHORIZE_KINDS), card_ids
+)
+events = st.one_of(
+    st.builds(
+        codec.EventMessage,
+        terminals,
+        uuids,
+        epochs,
+        st.sampled_from([t for t in codec.EVENT_TYPES if t != "authorization_request"]),
+        data_maps,
+    ),
+    st.builds(
+        codec.EventMessage,
+        terminals,
+        uuids,
+        epochs,
+        st.just("authorization_request"),
+        authorization_requests.map(codec.AuthorizationRequest.to_data),
+    ),
 )
 statuses = st.builds(
     codec.StatusMessage,
@@ -128,6 +146,13 @@ bodies = st.one_of(
     ),
     deltas(),
     st.builds(codec.Authorize, st.sampled_from(codec.AUTHORIZE_KINDS), card_ids, epochs),
+    st.builds(
+        codec.AuthorizationRefused,
+        st.sampled_from(codec.AUTHORIZE_KINDS),
+        st.sampled_from(codec.REFUSAL_REASONS),
+        uuids,
+        card_ids,
+    ),
     st.builds(codec.CardReplaced, card_ids),
     config_sets(),
     st.just(codec.Ping()),

@@ -62,6 +62,30 @@ INVALID: list[tuple[str, str, Any]] = [
     ),
     ("event", "unknown type", {**_example("event: blacklist_hit"), "type": "explode"}),
     ("event", "nested data", {**_example("event: blacklist_hit"), "data": {"a": {"b": 1}}}),
+    (
+        "event",
+        "authorization_request with open data",
+        {**_example("event: authorization_request"), "data": {"card": "4403****"}},
+    ),
+    (
+        "event",
+        "authorization_request for a lock",
+        {
+            **_example("event: authorization_request"),
+            "data": {**_example("event: authorization_request")["data"], "kind": "lock"},
+        },
+    ),
+    (
+        "event",
+        "authorization_request with a text request id",
+        {
+            **_example("event: authorization_request"),
+            "data": {
+                **_example("event: authorization_request")["data"],
+                "request_id": "019b7a4e-1c4e-7b22-a3c4-d5e6f7081920",
+            },
+        },
+    ),
     ("status", "online as int", {**_example("status (retained)"), "online": 1}),
     ("telemetry", "negative counter", {**_example("telemetry"), "counters": {"x": -1}}),
     ("ack", "no ranges", {**_example("ack"), "ranges": []}),
@@ -69,6 +93,14 @@ INVALID: list[tuple[str, str, Any]] = [
     ("command", "unknown type", {**CMD, "type": "format_disk"}),
     ("command", "body of another type", {**CMD, "type": "ping"}),
     ("command", "short id", {**CMD, "id": b"\x00"}),
+    (
+        "command",
+        "refusal with an unknown reason",
+        {
+            **_example("command: authorization_refused"),
+            "body": {**_example("command: authorization_refused")["body"], "reason": "because"},
+        },
+    ),
     ("command", "terminal any", {**CMD, "terminal": "any"}),
     (
         "command",
