@@ -72,6 +72,7 @@ async def test_clock_skew_against_central(hil: HilEnv) -> None:
     import aiomqtt
 
     from agent.uplink import topics
+    from agent.uplink.mqtt import connection
     from agent.wire import cose
     from agent.wire.codec import Command
 
@@ -82,12 +83,14 @@ async def test_clock_skew_against_central(hil: HilEnv) -> None:
     assert hil.key
     ctx = ssl.create_default_context(cafile=hil.ca)
     ctx.load_cert_chain(hil.cert, hil.key)
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        sim.broker.port,
-        identifier=f"hil-{terminal}-clock",
-        tls_context=ctx,
-        protocol=aiomqtt.ProtocolVersion.V5,
+    async with connection(
+        aiomqtt.Client(
+            "127.0.0.1",
+            sim.broker.port,
+            identifier=f"hil-{terminal}-clock",
+            tls_context=ctx,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        )
     ) as client:
         await client.subscribe(topics.cmd(terminal), qos=1)
         await asyncio.to_thread(sim.call, sim.central.ping(terminal))

@@ -42,16 +42,20 @@ def _target(hil: HilEnv) -> tuple[str, int, ssl.SSLContext | None]:
 async def test_tls_connect(hil: HilEnv) -> None:
     import aiomqtt
 
+    from agent.uplink.mqtt import connection
+
     host, port, ctx = _target(hil)
     t0 = time.perf_counter()
     try:
-        async with aiomqtt.Client(
-            host,
-            port,
-            identifier=f"hil-{hil.terminal_id or 'terminal'}-connect",
-            tls_context=ctx,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=10,
+        async with connection(
+            aiomqtt.Client(
+                host,
+                port,
+                identifier=f"hil-{hil.terminal_id or 'terminal'}-connect",
+                tls_context=ctx,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                timeout=10,
+            )
         ):
             connected = time.perf_counter() - t0
     except aiomqtt.MqttError as e:

@@ -72,6 +72,7 @@ from agent.psam.crypto import pad_m2, sm4_cbc_mac
 from agent.psam.soft import SEAL_MAC_LEN, seal_key
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, to_ranges
+from agent.uplink.mqtt import connection
 from agent.uplink.outbox import ParsedTx, parse_tx
 from agent.uplink.session import NODELAY
 from agent.wire import cose, schema
@@ -836,7 +837,7 @@ class ReferenceCentral:
         backoff = FullJitterBackoff(0.1, 5.0)
         while True:
             try:
-                async with self._client(self.client_id) as client:
+                async with connection(self._client(self.client_id)) as client:
                     await client.subscribe(topics.shared(self.group, "ssc/v1/+/tx"), qos=1)
                     await client.subscribe(topics.shared(self.group, "ssc/v1/+/event"), qos=1)
                     self._client_now = client
@@ -887,7 +888,7 @@ class ReferenceCentral:
                 raise UplinkUnavailableError(f"publish failed: {exc}") from None
             return
         try:
-            async with self._client(f"{self.client_id}-admin") as once:
+            async with connection(self._client(f"{self.client_id}-admin")) as once:
                 await once.publish(topic, payload, qos=1, timeout=10)
         except aiomqtt.MqttError as exc:
             raise UplinkUnavailableError(f"could not reach the broker: {exc}") from None

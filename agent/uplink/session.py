@@ -35,6 +35,7 @@ import paho.mqtt.client as paho
 from agent.errors import AgentError, UplinkError, UplinkUnavailableError, WireError
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, InflightWindow, TokenBucket
+from agent.uplink.mqtt import connection
 
 log = logging.getLogger("agent.uplink")
 
@@ -176,7 +177,7 @@ class UplinkSession:
         while True:
             started = self._clock()
             try:
-                async with self._client() as client:
+                async with connection(self._client()) as client:
                     self.stats.connects += 1
                     await self._connected(client)
             except* aiomqtt.MqttError as group:

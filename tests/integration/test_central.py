@@ -25,6 +25,7 @@ from agent.profile import CardProfile, load_profile
 from agent.sim.central import CentralStore, CentralTls, ReferenceCentral, seed_backlog
 from agent.testing.mosquitto import Mosquitto
 from agent.tx.machine import TABLE
+from agent.uplink.mqtt import connection
 from agent.uplink.outbox import JournalOutbox, parse_tx, tx_payload
 from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings, drain_once
 from agent.wire import schema
@@ -139,10 +140,10 @@ async def test_tls_acl_terminal_cannot_publish_for_another(
 
             ctx = ssl.create_default_context(cafile=ca)
             ctx.load_cert_chain(str(tcert), str(tkey))
-            async with aiomqtt.Client(
+            async with connection(aiomqtt.Client(
                 "127.0.0.1", broker.port, identifier="t-forger", tls_context=ctx,
                 protocol=aiomqtt.ProtocolVersion.V5,
-            ) as c:  # fmt: skip
+            )) as c:  # fmt: skip
                 for payload in forged:
                     # the broker refuses (MQTT 5 reason 135) or drops it; never delivered
                     with contextlib.suppress(aiomqtt.MqttError):

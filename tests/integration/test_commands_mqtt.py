@@ -23,6 +23,7 @@ from agent.testing.mosquitto import Mosquitto
 from agent.tx.machine import TABLE
 from agent.uplink import topics
 from agent.uplink.commands import CommandHandler, EventReporter, JournalReplayStore
+from agent.uplink.mqtt import connection
 from agent.uplink.outbox import JournalOutbox
 from agent.uplink.session import UplinkSession, UplinkSettings
 from agent.wire import cose
@@ -135,7 +136,7 @@ async def test_bad_commands_are_rejected_and_reported(tmp_path: Path, broker: Mo
         # validly signed, but it expired an hour ago
         old = Command(b"\x03" * 16, T, 10**6 + 1, now - 7200, now - 3600, Ping()).to_cbor()
         expired = cose.sign(old, central.key, central.kid)
-        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="attacker") as c:
+        async with connection(aiomqtt.Client("127.0.0.1", broker.port, identifier="attacker")) as c:
             for payload in (good, good, unsigned, forged, expired):
                 await c.publish(topics.cmd(T), payload, qos=1)
         want = ["replayed", "unsigned", "bad_signature", "expired"]

@@ -15,6 +15,7 @@ import pytest
 from agent.testing.mosquitto import Mosquitto
 from agent.uplink import topics
 from agent.uplink.flow import to_ranges
+from agent.uplink.mqtt import connection
 from agent.uplink.session import OutboxItem, UplinkSession, UplinkSettings, drain_once
 
 pytestmark = pytest.mark.mqtt
@@ -67,7 +68,9 @@ async def _central(
     the first delivery of each seq in ``drop`` is received but never acked."""
     while not stop.is_set():
         try:
-            async with aiomqtt.Client("127.0.0.1", port, identifier="central-test") as c:
+            async with connection(
+                aiomqtt.Client("127.0.0.1", port, identifier="central-test")
+            ) as c:
                 await c.subscribe(topics.shared("central", "ssc/v1/+/tx"), qos=1)
                 async for msg in c.messages:
                     seq = cbor2.loads(bytes(msg.payload))["seq"]  # type: ignore[arg-type]
