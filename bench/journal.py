@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from agent.journal.store import Journal
 from agent.profile import load_profile
-from agent.psam.soft import compute_seal
+from agent.psam.soft import seal_function
 from agent.sim.psam import DEFAULT_TERMINAL_NUMBER
 from agent.tx.machine import TABLE
 from agent.tx.records import Kind, TxRecord
@@ -44,8 +44,8 @@ def _journal(path: Path) -> Journal:
     return Journal(path, transitions=cast("Any", TABLE))
 
 
-def seal_mac(digest: bytes) -> bytes:
-    return compute_seal(PROFILE, TN, digest)
+# the software PSAM's seal (key derived once, as SoftSecurityModule does)
+seal_mac = seal_function(PROFILE, TN)
 
 
 def bench_sealed(d: Path, n: int) -> dict[str, Any]:

@@ -158,15 +158,41 @@ def _is_service_lost(exc: AgentError) -> bool:
 
 
 class _Job:
-    __slots__ = ("done", "fn", "fut", "loop")
+    __slots__ = (
+        "done", "exc", "finished", "fn", "fut", "inline", "lock", "loop", "parked", "result",
+    )  # fmt: skip
 
     def __init__(
-        self, fn: Callable[[], Any], fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+        self,
+        fn: Callable[[], Any],
+        fut: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        inline: bool = False,
     ) -> None:
         self.fn = fn
+        self.inline = inline
         self.fut = fut
         self.loop = loop
         self.done = threading.Event()  # set when the thread is finished with this job
+        self.lock = threading.Lock()  # orders "finished" against "parked"
+        self.finished = False
+        self.parked = False  # the caller awaits ``fut`` (else it waits on ``done`` inline)
+        self.result: Any = None
+        self.exc: BaseException | None = None
+
+    def outcome(self) -> Any:
+        if self.exc is not None:
+            raise self.exc
+        return self.result
+
+
+# Spin-then-park for fast calls (DESIGN §7, bench/pcsc_roundtrip.py): a caller whose calls have
+# recently finished within INLINE_MAX_S waits for the thread on a threading.Event, blocking the
+# event loop for at most that long, instead of parking on a future the thread must wake through
+# the loop's self-pipe. On vpcd (~0.4 ms per APDU) that hand-off was a third of the round trip;
+# on a real reader (5-50 ms per APDU) calls are slower than the bound and always park.
+INLINE_MAX_S = 0.002
+_EWMA_ALPHA = 0.2
 
 
 class _Worker:
@@ -181,6 +207,7 @@ class _Worker:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self.closed = False
+        self.fast_s = INLINE_MAX_S  # EWMA of the inline-eligible calls' durations (thread writes)
 
     def _main(self) -> None:
         while True:
@@ -190,20 +217,27 @@ class _Worker:
             try:
                 if job.fut.done():  # cancelled or timed out before it started
                     continue
+                t0 = time.perf_counter()
                 try:
-                    result = job.fn()
+                    job.result = job.fn()
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-                    self._answer(job, None, exc)
-                else:
-                    self._answer(job, result, None)
+                    job.exc = exc
+                if job.inline:
+                    took = time.perf_counter() - t0
+                    self.fast_s += _EWMA_ALPHA * (took - self.fast_s)
+                with job.lock:
+                    job.finished = True
+                    parked = job.parked
+                if parked:
+                    self._answer(job)
             finally:
                 job.done.set()
 
     @staticmethod
-    def _answer(job: _Job, result: object, exc: BaseException | None) -> None:
+    def _answer(job: _Job) -> None:
         # the loop may be gone (test or process ending): nobody is left to tell
         with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(_settle, job.fut, result, exc)
+            job.loop.call_soon_threadsafe(_settle, job.fut, job.result, job.exc)
 
     async def run(
         self,
@@ -211,20 +245,35 @@ class _Worker:
         canceller: Callable[[], None] | None = None,
         *,
         deadline_s: float | None = None,
+        inline: bool = False,
     ) -> T:
         """Run ``fn`` on the thread. If the caller is cancelled, ``canceller`` is called until
         the thread lets go of the job, so a blocking call is never left running (the wake-up
         signal can otherwise arrive before the call has started, and be lost).
+
+        ``inline``: a short call (an APDU) may be waited for without yielding to the loop, for
+        at most ``INLINE_MAX_S``, while such calls have lately been that fast (see above).
         """
         if self.closed:
             raise DeviceError("PC/SC reader is closed", code="pcsc_closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        job = _Job(fn, fut, loop)
+        job = _Job(fn, fut, loop, inline)
         self._jobs.put(job)
+        started = time.monotonic()
+        if inline and self.fast_s < INLINE_MAX_S and job.done.wait(INLINE_MAX_S):
+            return job.outcome()  # type: ignore[no-any-return]
+        with job.lock:
+            if job.finished:
+                return job.outcome()  # type: ignore[no-any-return]
+            job.parked = True  # from here the thread answers through the loop
         # A bare timer on the future (not asyncio.timeout): this is the per-APDU hot path, and
         # the context manager costs a third of the thread hand-off on a small machine.
-        timer = None if deadline_s is None else loop.call_later(deadline_s, _expire, fut)
+        timer = (
+            None
+            if deadline_s is None
+            else loop.call_later(deadline_s - (time.monotonic() - started), _expire, fut)
+        )
         try:
             return await fut
         except asyncio.CancelledError:
@@ -673,7 +722,9 @@ class PcscCardChannel:
             return bytes(response)
 
         try:
-            data = await self.reader._io.run(do_transmit, deadline_s=self.transmit_timeout)
+            data = await self.reader._io.run(
+                do_transmit, deadline_s=self.transmit_timeout, inline=True
+            )
         except TimeoutError:
             # the worker may stay stuck in the driver; this session is unusable
             self._hcard = None

@@ -98,10 +98,6 @@ def ecb_decrypt(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
     return dec.update(data) + dec.finalize()
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b, strict=True))
-
-
 def retail_mac(key16: bytes, data: bytes, iv: bytes = bytes(8), *, pad: bool = True) -> bytes:
     """ISO/IEC 9797-1 MAC algorithm 3 with padding method 2 (PBOC "3DES MAC"); 8 bytes.
 
@@ -113,10 +109,8 @@ def retail_mac(key16: bytes, data: bytes, iv: bytes = bytes(8), *, pad: bool = T
     d = pad_m2(data, 8) if pad else bytes(data)
     if not d or len(d) % 8:
         raise LocalProtocolError("retail MAC data is not a whole number of blocks")
-    kl = _des1(key16[:8]).encryptor()
-    x = iv
-    for i in range(0, len(d), 8):
-        x = kl.update(_xor(x, d[i : i + 8]))
+    # single-DES CBC over every block in one cipher call: its last block is the CBC-MAC
+    x = Cipher(TripleDES(key16[:8] * 3), modes.CBC(iv)).encryptor().update(d)[-8:]
     x = _des1(key16[8:]).decryptor().update(x)
     return _des1(key16[:8]).encryptor().update(x)
 
@@ -129,11 +123,8 @@ def sm4_cbc_mac(key16: bytes, data: bytes, iv: bytes = bytes(16), *, pad: bool =
     d = pad_m2(data, 16) if pad else bytes(data)
     if not d or len(d) % 16:
         raise LocalProtocolError("SM4 MAC data is not a whole number of blocks")
-    enc = _sm4(key16).encryptor()
-    x = iv
-    for i in range(0, len(d), 16):
-        x = enc.update(_xor(x, d[i : i + 16]))
-    return x
+    # CBC over every block in one cipher call: its last block is the CBC-MAC
+    return Cipher(algorithms.SM4(key16), modes.CBC(iv)).encryptor().update(d)[-16:]
 
 
 def mac(algorithm: Algorithm, key16: bytes, data: bytes, iv: bytes | None = None) -> bytes:

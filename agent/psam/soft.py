@@ -15,7 +15,7 @@ It computes exactly what a PSAM computes (``agent.sim.psam``, ssc-card-protocol.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.errors import LocalProtocolError, SecurityModuleError
 from agent.profile import CardProfile, card_factors
@@ -70,6 +70,17 @@ def compute_seal(profile: CardProfile, terminal_number: bytes, digest: bytes) ->
     return full[:SEAL_MAC_LEN]
 
 
+def seal_function(profile: CardProfile, terminal_number: bytes) -> Callable[[bytes], bytes]:
+    """:func:`compute_seal` for one terminal with its key derived once (the derivation costs
+    more than the MAC itself)."""
+    key = seal_key(profile, terminal_number)
+
+    def seal(digest: bytes) -> bytes:
+        return sm4_cbc_mac(key, digest)[:SEAL_MAC_LEN]
+
+    return seal
+
+
 def verify_seal(profile: CardProfile, terminal_number: bytes, digest: bytes, mac: bytes) -> bool:
     """True when ``mac`` is the terminal's seal of ``digest`` (constant-time compare).
 
@@ -90,6 +101,7 @@ class SoftSecurityModule:
             raise LocalProtocolError("terminal number must be 6 bytes BCD")
         self._profile = profile
         self._terminal = bytes(terminal_number)
+        self._seal: Callable[[bytes], bytes] | None = None  # derived on first use
 
     async def terminal_number(self) -> bytes:
         return self._terminal
@@ -111,4 +123,6 @@ class SoftSecurityModule:
         return ecb_encrypt(algorithm, _key(self._profile, algorithm, purpose, factors), data)
 
     async def seal_mac(self, digest: bytes) -> bytes:
-        return compute_seal(self._profile, self._terminal, digest)
+        if self._seal is None:
+            self._seal = seal_function(self._profile, self._terminal)
+        return self._seal(digest)

@@ -3,12 +3,15 @@ authorizations, counters, events, personal data at rest (DESIGN §4)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.errors import (
     BlacklistVersionError,
@@ -20,6 +23,7 @@ from agent.errors import (
 )
 from agent.journal.codec import GENESIS_HASH, decode_body, record_digest
 from agent.journal.store import Journal
+from agent.tx.machine import TABLE
 from agent.tx.records import Kind, TxRecord, canonical_bytes
 
 from .conftest import done_and_seal, mac, record, verify_mac
@@ -215,6 +219,28 @@ def test_prepare_commit_conflict(journal: Journal) -> None:
         journal.commit_seal(da, mac(da.digest))
     journal.seal(a.tx_id, mac)
     assert journal.verify_chain(verify_mac).ok
+
+
+def test_commit_seal_refuses_a_record_changed_since_prepare(journal: Journal) -> None:
+    """Another writer moved the record between prepare and commit: nothing is written (no
+    outbox row, state unchanged), and a fresh prepare seals it."""
+    table = {**TABLE, ("card_done", "annotated"): "card_done"}
+    with Journal(journal.path.with_name("changed.db"), transitions=table) as j:  # type: ignore[arg-type]
+        rec = record()
+        j.create_intent(rec)
+        j.transition(rec.tx_id, "card_confirmed")
+        draft = j.prepare_seal(rec.tx_id)
+        j._clock = lambda: draft.updated_at + 5  # type: ignore[method-assign]
+        j.transition(rec.tx_id, "annotated", result="changed")
+        with pytest.raises(SealConflictError):
+            j.commit_seal(draft, mac(draft.digest))
+        row = j.get(rec.tx_id)
+        assert row is not None
+        assert (row.state, row.seq, row.result) == ("card_done", None, "changed")
+        assert j.unacked() == []
+        sealed = j.seal(rec.tx_id, mac)
+        assert sealed.seq == draft.seq
+        assert j.verify_chain(verify_mac).ok
 
 
 async def test_seal_async(journal: Journal) -> None:
@@ -446,3 +472,69 @@ def test_errors_from_sqlite_are_translated(journal: Journal) -> None:
         journal.counter_incr("x", "y")
     assert err.value.__suppress_context__  # no sqlite3 exception leaks as the cause
     assert "counter" in err.value.message
+
+
+# ---- rows returned by the writers are the rows stored -------------------------------------
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(list(Kind)),
+    card=st.none() | st.text(alphabet="0123456789ABCDEF", min_size=32, max_size=32),
+    offline=st.booleans(),
+    reason=st.none() | _TEXT,
+    keyed=st.booleans(),
+    personal=st.none() | st.dictionaries(_TEXT, _TEXT, max_size=3),
+    fields=st.dictionaries(st.sampled_from(["reason", "result", "error_code"]), st.none() | _TEXT),
+    ok=st.booleans(),
+)
+def test_rows_returned_by_create_and_transition_equal_the_stored_rows(
+    journal: Journal,
+    kind: Kind,
+    card: str | None,
+    offline: bool,
+    reason: str | None,
+    keyed: bool,
+    personal: dict[str, str] | None,
+    fields: dict[str, str | None],
+    ok: bool,
+) -> None:
+    """``create_intent`` builds its row from what it wrote and ``transition`` reads it back with
+    ``UPDATE … RETURNING``; neither may differ from a fresh ``get`` (personal data included)."""
+    rec = TxRecord(
+        kind=kind,
+        terminal_id="440300000001",
+        card_id_code=card,
+        offline=offline,
+        reason=reason,
+        personal=personal,
+    )
+    if keyed:  # unique per example: the journal outlives the examples
+        rec = dataclasses.replace(rec, idempotency_key=f"idem-{rec.tx_id}")
+    created = journal.create_intent(rec)
+    assert created == journal.get(rec.tx_id)
+    assert created.personal == journal.get(rec.tx_id).personal  # type: ignore[union-attr]
+    moved = journal.transition(rec.tx_id, "card_confirmed" if ok else "card_refused", **fields)
+    assert moved == journal.get(rec.tx_id)
+    assert moved.personal == created.personal
+    sealed = journal.seal(rec.tx_id, mac)
+    after = journal.get(rec.tx_id)
+    assert after is not None
+    assert (after.seq, after.hash, after.mac) == (sealed.seq, sealed.hash, sealed.mac)
+
+
+def test_transition_of_a_sealed_record_returns_its_chain_fields(tmp_path: Path) -> None:
+    """A table with an event out of ``sealed`` (not ours, but the journal takes any table):
+    the row ``transition`` returns still carries the record's seq, hash and MAC."""
+    table = {**TABLE, ("sealed", "annotated"): "sealed"}
+    with Journal(tmp_path / "j.db", transitions=table) as j:  # type: ignore[arg-type]
+        rec = record()
+        sealed = done_and_seal(j, rec)
+        moved = j.transition(rec.tx_id, "annotated", result="noted")
+        assert (moved.seq, moved.prev_hash, moved.hash, moved.mac) == (
+            sealed.seq, sealed.prev_hash, sealed.hash, sealed.mac,
+        )  # fmt: skip
+        assert moved == j.get(rec.tx_id)

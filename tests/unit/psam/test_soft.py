@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from agent.errors import ConfigError, LocalProtocolError, SecurityModuleError
 from agent.profile import load_profile, parse_profile
 from agent.psam.crypto import Algorithm
-from agent.psam.soft import SoftSecurityModule, card_key, compute_seal, seal_key, verify_seal
+from agent.psam.soft import (
+    SoftSecurityModule,
+    card_key,
+    compute_seal,
+    seal_function,
+    seal_key,
+    verify_seal,
+)
 from tests.unit.psam._support import ref_diversify, ref_ecb, ref_retail_mac, ref_sm4_mac
 
 PROFILE = load_profile("default")
@@ -108,3 +115,14 @@ def test_verify_seal(digest: bytes, flip: int) -> None:
 @pytest.mark.parametrize("terminal", [b"", H("4403009079"), H("44030090795001"), H("4403009079AF")])
 def test_verify_seal_bad_terminal_number_is_false(terminal: bytes) -> None:
     assert not verify_seal(PROFILE, terminal, b"d", bytes(8))
+
+
+@settings(max_examples=50)
+@given(digest=st.binary(min_size=0, max_size=64))
+async def test_seal_function_and_the_module_seal_as_compute_seal(digest: bytes) -> None:
+    """The cached-key paths (``seal_function``, ``SoftSecurityModule.seal_mac``) give the
+    reference MAC over the derived seal key."""
+    want = ref_sm4_mac(seal_key(PROFILE, TN), bytes(16), digest)[:8]
+    assert compute_seal(PROFILE, TN, digest) == want
+    assert seal_function(PROFILE, TN)(digest) == want
+    assert await SoftSecurityModule(PROFILE, TN).seal_mac(digest) == want
