@@ -958,6 +958,7 @@ class App:
             port=port,
             tls=tls,
             window=cfg.inflight_window,
+            batch_max=cfg.batch_max,
             backlog_rate=cfg.backlog_rate,
             ack_timeout_s=cfg.ack_timeout_s,
             reconnect_min_s=cfg.reconnect_min_s,

@@ -24,6 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import ConfigError
 
+#: agent.wire.codec.TX_BATCH_MAX (config sits below the wire layer; a test keeps them equal)
+TX_BATCH_LIMIT = 64
+
 ENV_PREFIX = "SSC_AGENT__"
 TX_KINDS = (
     "lock",
@@ -130,6 +133,9 @@ class UplinkConfig:
     #: Central's command-signing public keys: key id -> Ed25519 public key (hex).
     central_keys: dict[str, str] = field(default_factory=dict)
     inflight_window: int = 32
+    #: Consecutive records per tx message while a backlog drains (docs/MESSAGES.md "Batches");
+    #: 1 sends every record alone (for a central that does not take batches).
+    batch_max: int = 32
     #: Backlog pace (records per second); live records are not paced.
     backlog_rate: float = 200.0
     ack_timeout_s: float = 30.0
@@ -281,6 +287,7 @@ _VALIDATORS: dict[str, typing.Callable[[Any], str | None]] = {
     ),
     "api.max_frame": lambda v: None if 1024 <= v <= 16 * 1024 * 1024 else "1024..16777216",
     "uplink.inflight_window": lambda v: None if 1 <= v <= 1000 else "1..1000",
+    "uplink.batch_max": lambda v: None if 1 <= v <= TX_BATCH_LIMIT else f"1..{TX_BATCH_LIMIT}",
     "uplink.backlog_rate": lambda v: None if v > 0 else "must be positive",
     "uplink.ack_timeout_s": lambda v: None if v > 0 else "must be positive",
     "uplink.authorization_timeout_s": lambda v: None if 0 < v <= 120 else "0 < seconds <= 120",

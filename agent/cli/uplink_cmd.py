@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from agent.cli._common import EXIT_FAILED, EXIT_OK, print_json, report_error
+from agent.config import TX_BATCH_LIMIT
 from agent.errors import AgentError, ConfigError
 
 if TYPE_CHECKING:
@@ -44,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     drain.add_argument("--cert", help="client certificate (mqtts)")
     drain.add_argument("--key", help="client key (mqtts)")
     drain.add_argument("--window", type=int, default=64, help="records in flight")
+    drain.add_argument(
+        "--batch",
+        type=int,
+        default=32,
+        choices=range(1, TX_BATCH_LIMIT + 1),
+        metavar=f"1..{TX_BATCH_LIMIT}",
+        help="records per tx message (1: no batches)",
+    )
     drain.add_argument("--rate", type=float, default=5000.0, help="backlog records per second")
     drain.add_argument("--ack-timeout", type=float, default=10.0, help="resend after S seconds")
     drain.add_argument("--json", action="store_true", help="one-line JSON, errors as JSON")
@@ -110,6 +119,7 @@ async def _drain(args: argparse.Namespace) -> dict[str, int]:
             port=u.port or (8883 if tls else 1883),
             tls=tls,
             window=args.window,
+            batch_max=args.batch,
             backlog_rate=args.rate,
             ack_timeout_s=args.ack_timeout,
             reconnect_min_s=0.2,

@@ -92,6 +92,7 @@ from agent.wire.codec import (
     Ping,
     Report,
     Resend,
+    split_tx_payload,
 )
 
 __all__ = [
@@ -551,8 +552,14 @@ class CentralStore:
             if terminal is None:
                 continue  # not ours (the subscriptions never deliver this)
             if topic.endswith("/tx"):
-                rec, problem = self._check_tx(terminal, payload, profile)
-                checked.append((terminal, rec, payload, problem))
+                try:
+                    records = split_tx_payload(payload)
+                except WireError as exc:  # a malformed batch: no record in it is trusted
+                    checked.append((terminal, None, payload, f"malformed: {exc.message}"))
+                    continue
+                for one in records:  # a batch's records are checked and stored one by one
+                    rec, problem = self._check_tx(terminal, one, profile)
+                    checked.append((terminal, rec, one, problem))
             elif topic.endswith("/event"):
                 checked.append((terminal, None, payload, "event"))
         with self._write() as c:

@@ -36,8 +36,14 @@ from agent.errors import AgentError, UplinkError, UplinkUnavailableError, WireEr
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, InflightWindow, TokenBucket
 from agent.uplink.mqtt import connection
+from agent.wire.codec import TX_BATCH_MAX, TX_BATCH_MAX_SIZE, encode_tx_batch
 
 log = logging.getLogger("agent.uplink")
+
+# a batch element's CBOR framing (byte string head) and the array head, over-estimated; a
+# batch is closed before its encoding could pass the wire's size bound
+_BATCH_ITEM_OVERHEAD = 5
+_BATCH_BUDGET = TX_BATCH_MAX_SIZE - 16
 
 STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
 EXTRA_INFLIGHT = 16  # events, status and replies published beside a full window of records
@@ -79,7 +85,8 @@ class TlsFiles:
 
 @dataclass(slots=True)
 class UplinkStats:
-    published: int = 0
+    published: int = 0  # records the broker took (PUBACK)
+    messages: int = 0  # tx messages they went in (a batch carries several)
     acked: int = 0
     resent: int = 0
     connects: int = 0
@@ -100,6 +107,8 @@ class UplinkSettings:
     reconnect_max_s: float = 300.0
     keepalive_s: int = 30
     client_id: str = ""
+    #: consecutive records per ``tx`` message (``tx-batch``); 1 sends every record alone
+    batch_max: int = 32
     extra_subscriptions: tuple[str, ...] = field(default=(topics.BROADCAST_BLACKLIST,))
 
 
@@ -129,6 +138,7 @@ class UplinkSession:
         self._on_event = on_event
         self._clock = clock
         self.window = InflightWindow(settings.window)
+        self._batch_max = max(1, min(settings.batch_max, TX_BATCH_MAX))
         self.backoff = FullJitterBackoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self.stats = UplinkStats()
         self._wake = asyncio.Event()
@@ -287,18 +297,40 @@ class UplinkSession:
                 except AgentError as e:  # a bad command never takes the uplink down
                     self._emit("command_rejected", {"reason": e.code, "message": e.message})
 
-    async def _publish(self, client: aiomqtt.Client, item: OutboxItem) -> None:
+    def _start_publishes(
+        self, client: aiomqtt.Client, tg: asyncio.TaskGroup, items: list[OutboxItem]
+    ) -> None:
+        """Publish ``items`` (records just added to the window, in seq order) as ``tx``
+        messages of up to ``batch_max`` records and ``TX_BATCH_MAX_SIZE`` bytes each."""
+        group: list[OutboxItem] = []
+        size = 0
+        for item in items:
+            grown = size + len(item.payload) + _BATCH_ITEM_OVERHEAD
+            if group and (len(group) >= self._batch_max or grown > _BATCH_BUDGET):
+                tg.create_task(self._publish(client, group))
+                group, grown = [], len(item.payload) + _BATCH_ITEM_OVERHEAD
+            group.append(item)
+            size = grown
+        if group:
+            tg.create_task(self._publish(client, group))
+
+    async def _publish(self, client: aiomqtt.Client, items: list[OutboxItem]) -> None:
+        payload = (
+            items[0].payload if len(items) == 1 else encode_tx_batch([i.payload for i in items])
+        )
         try:
-            await client.publish(topics.tx(self.s.terminal), item.payload, qos=1, timeout=30)
+            await client.publish(topics.tx(self.s.terminal), payload, qos=1, timeout=30)
         except aiomqtt.MqttError:
-            # Connection lost mid-publish: the record stays unacked and is sent again on the
+            # Connection lost mid-publish: the records stay unacked and are sent again on the
             # next connection; central dedupes. Re-raise to restart the session.
-            self.window.discard(item.seq)
+            for item in items:
+                self.window.discard(item.seq)
             raise
-        self.stats.published += 1
+        self.stats.published += len(items)
+        self.stats.messages += 1
         # "sent" only records that the broker took a copy; the drainer writes these in batches
         # (a lost batch costs nothing: the record is still unacked and its ack still counts)
-        self._puback.append(item.seq)
+        self._puback.extend(item.seq for item in items)
 
     async def _flush_puback(self) -> None:
         if self._puback:
@@ -330,14 +362,17 @@ class UplinkSession:
             await self._flush_puback()
             room = self.window.room
             if room:
+                fresh: list[OutboxItem] = []
                 for item in await asyncio.to_thread(self.outbox.pending, live_after, room):
                     live_after = item.seq
                     if item.seq not in self.window:
                         self.window.add(item.seq, self._clock())
-                        tg.create_task(self._publish(client, item))
+                        fresh.append(item)
+                self._start_publishes(client, tg, fresh)
                 room = self.window.room
             paced_wait = 0.0
             if room and backlog_after < self._live_mark:
+                fresh = []
                 for item in await asyncio.to_thread(self.outbox.pending, backlog_after, room):
                     if item.seq > self._live_mark:
                         backlog_after = self._live_mark  # the backlog is all in flight
@@ -347,8 +382,9 @@ class UplinkSession:
                         if paced_wait:
                             break
                         self.window.add(item.seq, self._clock())
-                        tg.create_task(self._publish(client, item))
+                        fresh.append(item)
                     backlog_after = item.seq
+                self._start_publishes(client, tg, fresh)
             self._wake.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the task
             # group's cancellation when the wake-up lands at the same moment, and the drainer

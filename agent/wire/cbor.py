@@ -93,7 +93,11 @@ def scan(
             raise WireError(f"CBOR has more than {max_items} items")
         level = len(remaining) - 1
         is_key = is_map[level] and remaining[level] % 2 == 0
-        major, arg, pos = _head(data, pos)
+        ib = data[pos]
+        if ib & 0x1F < 24:  # the argument is in the initial byte (most heads): no call
+            major, arg, pos = ib >> 5, ib & 0x1F, pos + 1
+        else:
+            major, arg, pos = _head(data, pos)
         if is_key and major not in (0, 1, 3):
             raise WireError("CBOR map keys must be integers or text strings")
         remaining[level] -= 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, Self, TypeAlias
 
@@ -40,6 +40,8 @@ __all__ = [
     "EVENT_TYPES",
     "REFUSAL_REASONS",
     "SCHEMA_VERSION",
+    "TX_BATCH_MAX",
+    "TX_BATCH_MAX_SIZE",
     "TX_KINDS",
     "TX_OUTCOMES",
     "AckMessage",
@@ -65,6 +67,8 @@ __all__ = [
     "TxMessage",
     "ack_ranges",
     "decode_client_frame",
+    "encode_tx_batch",
+    "split_tx_payload",
 ]
 
 SCHEMA_VERSION = 1
@@ -736,6 +740,44 @@ def ack_ranges(data: bytes, terminal: str) -> list[tuple[int, int]]:
     if msg.terminal != terminal:
         raise WireError("ack is for another terminal")
     return list(msg.ranges)
+
+
+# --------------------------------------------------------------------------------------------
+# A batch of tx records in one message (messages.cddl ``tx-batch``)
+# --------------------------------------------------------------------------------------------
+#: Records per batch message, and the batch's size bound (the decoder's, 64 KiB): a backlog of
+#: consecutive records goes out in fewer, larger MQTT messages (docs/MESSAGES.md "Batches").
+TX_BATCH_MAX = 64
+TX_BATCH_MAX_SIZE = DEFAULT_MAX_SIZE
+_CBOR_ARRAY = 0x80  # major type 4 in the initial byte; a tx-record is a map (major type 5)
+
+
+def encode_tx_batch(payloads: Sequence[bytes]) -> bytes:
+    """``tx-batch``: 2..TX_BATCH_MAX record payloads, each carried as a byte string holding the
+    record's exact bytes (so central hashes what the terminal sealed, nothing re-encoded)."""
+    if not 2 <= len(payloads) <= TX_BATCH_MAX:
+        raise MessageEncodingError(f"a tx batch holds 2..{TX_BATCH_MAX} records")
+    out = encode([bytes(p) for p in payloads])
+    if len(out) > TX_BATCH_MAX_SIZE:
+        raise MessageEncodingError(f"tx batch of {len(out)} bytes exceeds {TX_BATCH_MAX_SIZE}")
+    return out
+
+
+def split_tx_payload(payload: bytes) -> list[bytes]:
+    """The record payloads in a ``tx`` message: itself when it is one record (a CBOR map), the
+    elements of a ``tx-batch`` (a CBOR array of byte strings). Each record is then checked by
+    ``parse_tx``; a malformed batch as a whole is ``WireError``."""
+    data = bytes(payload)
+    if not data or data[0] & 0xE0 != _CBOR_ARRAY:
+        return [data]
+    items = decode(data, max_size=TX_BATCH_MAX_SIZE, max_items=TX_BATCH_MAX + 1, max_depth=2)
+    if not isinstance(items, list) or not 2 <= len(items) <= TX_BATCH_MAX:
+        raise WireError(f"a tx batch holds 2..{TX_BATCH_MAX} records")
+    if not all(isinstance(i, bytes) for i in items):
+        raise WireError("a tx batch holds byte strings")
+    if encode(items) != data:
+        raise WireError("tx batch is not deterministically encoded")
+    return items
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from agent.wire.codec import (
     StatusMessage,
     TelemetryMessage,
     TxMessage,
+    encode_tx_batch,
 )
 
 __all__ = ["EXAMPLE_KID", "Example", "example_signing_key", "examples"]
@@ -151,6 +152,11 @@ def examples() -> list[Example]:
         Example("tx: lock, card present, offline", "tx-record", lock.to_cbor()),
         Example("tx: report_loss, card absent (no personal data)", "tx-record", loss.to_cbor()),
         Example("tx: failed PIN unblock", "tx-record", failed.to_cbor()),
+        Example(
+            "tx-batch: the lock and the report_loss records in one message",
+            "tx-batch",
+            encode_tx_batch([lock.to_cbor(), loss.to_cbor()]),
+        ),
         Example(
             "event: blacklist_hit",
             "event",

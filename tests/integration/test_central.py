@@ -30,7 +30,7 @@ from agent.uplink.outbox import JournalOutbox, parse_tx, tx_payload
 from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings, drain_once
 from agent.wire import schema
 from agent.wire.cbor import decode, encode
-from agent.wire.codec import StatusMessage, ack_ranges
+from agent.wire.codec import StatusMessage, ack_ranges, encode_tx_batch, split_tx_payload
 
 T = "440300907950"
 U = "440300907951"
@@ -46,11 +46,15 @@ def _journal(path: Path) -> Journal:
 
 
 def _session(
-    terminal: str, port: int, outbox: JournalOutbox, tls: TlsFiles | None = None
+    terminal: str,
+    port: int,
+    outbox: JournalOutbox,
+    tls: TlsFiles | None = None,
+    batch_max: int = UplinkSettings.batch_max,
 ) -> UplinkSession:
     settings = UplinkSettings(
         terminal=terminal, host="127.0.0.1", port=port, tls=tls, backlog_rate=5000.0,
-        ack_timeout_s=3.0, reconnect_min_s=0.1, reconnect_max_s=0.5,
+        ack_timeout_s=3.0, reconnect_min_s=0.1, reconnect_max_s=0.5, batch_max=batch_max,
     )  # fmt: skip
     return UplinkSession(
         settings,
@@ -79,40 +83,54 @@ async def running(central: ReferenceCentral) -> AsyncIterator[ReferenceCentral]:
 # --------------------------------------------------------------------------------------------
 @pytest.mark.mqtt
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="needs mosquitto-clients")
-async def test_mosquitto_sub_sees_cddl_valid_records(tmp_path: Path, profile: CardProfile) -> None:
+@pytest.mark.parametrize(("batch_max", "messages"), [(1, 20), (8, 3)])
+async def test_mosquitto_sub_sees_cddl_valid_records(
+    tmp_path: Path, profile: CardProfile, batch_max: int, messages: int
+) -> None:
+    """A third-party client on the broker sees what the schema says: 20 records alone
+    (``batch_max`` 1), or as batches of at most 8 (8 + 8 + 4), each element a record."""
     j = _journal(tmp_path / "journal.db")
     seed_backlog(j, T, 20, profile)
     with Mosquitto(tmp_path / "mq") as broker:
         sub = await asyncio.create_subprocess_exec(
             "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5",
-            "-q", "1", "-t", "ssc/v1/+/tx", "-C", "20", "-F", "%t %x", "-W", "20",
+            "-q", "1", "-t", "ssc/v1/+/tx", "-C", str(messages), "-F", "%t %x", "-W", "20",
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         await asyncio.sleep(0.5)  # let it subscribe
         central = ReferenceCentral(broker.url, tmp_path / "central.db", profile)
+        session = _session(T, broker.port, JournalOutbox(j), batch_max=batch_max)
         async with running(central):
-            _, acked, remaining = await drain_once(_session(T, broker.port, JournalOutbox(j)), 20)
+            _, acked, remaining = await drain_once(session, 20)
         async with asyncio.timeout(20):
             raw, _ = await sub.communicate()
         out = raw.decode()
     assert (acked, remaining) == (20, 0)
+    assert session.stats.messages == messages
     lines = out.split()
     pairs = list(zip(lines[::2], lines[1::2], strict=True))
-    assert len(pairs) >= 20
-    seen = set()
+    assert len(pairs) == messages
+    seen = []
     for topic, hexdata in pairs:
         assert topic == f"ssc/v1/{T}/tx"
         payload = bytes.fromhex(hexdata)
         obj = decode(payload)
-        schema.validate("tx-record", obj)  # the one schema
-        rec = parse_tx(payload)
-        sealed = j.sealed_record(rec.seq)
-        assert sealed is not None
-        assert rec.body == sealed.body  # central rebuilds the exact sealed bytes
-        assert rec.digest == sealed.hash
-        assert payload == tx_payload(sealed)
-        seen.add(rec.seq)
-    assert seen == set(range(1, 21))
+        if batch_max == 1:
+            schema.validate("tx-record", obj)  # the one schema
+            records = [payload]
+        else:
+            schema.validate("tx-batch", obj)  # every element is checked as a tx-record too
+            records = split_tx_payload(payload)
+            assert 2 <= len(records) <= batch_max
+        for one in records:
+            rec = parse_tx(one)
+            sealed = j.sealed_record(rec.seq)
+            assert sealed is not None
+            assert rec.body == sealed.body  # central rebuilds the exact sealed bytes
+            assert rec.digest == sealed.hash
+            assert one == tx_payload(sealed)
+            seen.append(rec.seq)
+    assert seen == list(range(1, 21))  # in seq order, each once
     j.close()
 
 
@@ -231,4 +249,60 @@ def test_store_chain_break_bad_mac_mismatch_garbage(
     assert res.rejected == 3
     kinds = sorted(r[0] for r in store.query("SELECT kind FROM alerts"))
     assert kinds == ["bad_mac", "chain_break", "malformed", "terminal_mismatch"]
+    store.close()
+
+
+def _batch(payloads: list[bytes], *seqs: int, terminal: str = T) -> tuple[str, bytes]:
+    return (f"ssc/v1/{terminal}/tx", encode_tx_batch([payloads[s - 1] for s in seqs]))
+
+
+def test_store_batch_is_stored_and_acked_record_by_record(
+    tmp_path: Path, profile: CardProfile, two_forks: tuple[list[bytes], list[bytes]]
+) -> None:
+    a, _ = two_forks
+    store = CentralStore(tmp_path / "c.db")
+    res = store.ingest([_batch(a, 1, 2, 3), *_tx(a, 5), _batch(a, 3, 4)], profile)
+    assert sorted(res.acks[T]) == [1, 2, 3, 3, 4, 5]  # 3 came twice: a duplicate, acked again
+    assert (res.stored, res.duplicates, res.rejected) == (5, 1, 0)
+    rows = store.query("SELECT seq, chain FROM records ORDER BY seq")
+    assert rows == [(s, "ok") for s in range(1, 6)]
+    assert store.query("SELECT COUNT(*) FROM alerts") == [(0,)]
+    store.close()
+
+
+def test_store_a_forged_record_in_a_batch_is_refused_alone(
+    tmp_path: Path, profile: CardProfile, two_forks: tuple[list[bytes], list[bytes]]
+) -> None:
+    a, _ = two_forks
+    obj = decode(a[1])
+    obj["mac"] = bytes(x ^ 1 for x in obj["mac"])
+    forged = [a[0], encode(obj), a[2]]
+    store = CentralStore(tmp_path / "c.db")
+    res = store.ingest([(f"ssc/v1/{T}/tx", encode_tx_batch(forged))], profile)
+    assert sorted(res.acks[T]) == [1, 3]  # never an ack for the forged seq 2
+    assert (res.stored, res.rejected) == (2, 1)
+    assert [r[0] for r in store.query("SELECT kind FROM alerts")] == ["bad_mac"]
+    assert store.query("SELECT seq, chain FROM records ORDER BY seq") == [(1, "ok"), (3, "pending")]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes.fromhex("80"),  # an empty array
+        bytes.fromhex("8141a0"),  # one record is never a batch
+        bytes.fromhex("820102"),  # integers, not byte strings
+        bytes.fromhex("82416141"),  # truncated
+        bytes.fromhex("980241a041a0"),  # length not in its shortest form
+        bytes.fromhex("9f41a041a0ff"),  # indefinite length
+    ],
+    ids=["empty", "single", "ints", "truncated", "long-form", "indefinite"],
+)
+def test_store_a_malformed_batch_is_one_alert_and_nothing_stored(
+    tmp_path: Path, profile: CardProfile, payload: bytes
+) -> None:
+    store = CentralStore(tmp_path / "c.db")
+    res = store.ingest([(f"ssc/v1/{T}/tx", payload)], profile)
+    assert (res.acks, res.stored, res.rejected) == ({}, 0, 1)
+    assert [r[0] for r in store.query("SELECT kind FROM alerts")] == ["malformed"]
     store.close()

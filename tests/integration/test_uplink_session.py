@@ -17,6 +17,7 @@ from agent.uplink import topics
 from agent.uplink.flow import to_ranges
 from agent.uplink.mqtt import connection
 from agent.uplink.session import OutboxItem, UplinkSession, UplinkSettings, drain_once
+from agent.wire.codec import TX_BATCH_MAX_SIZE, split_tx_payload
 
 pytestmark = pytest.mark.mqtt
 TERMINAL = "440300907950"
@@ -73,13 +74,17 @@ async def _central(
             ) as c:
                 await c.subscribe(topics.shared("central", "ssc/v1/+/tx"), qos=1)
                 async for msg in c.messages:
-                    seq = cbor2.loads(bytes(msg.payload))["seq"]  # type: ignore[arg-type]
-                    received.append(seq)
-                    if drop is not None and seq in drop:
-                        drop.discard(seq)
-                        continue
-                    ack = cbor2.dumps({"ranges": [list(r) for r in to_ranges([seq])]})
-                    await c.publish(topics.ack(TERMINAL), ack, qos=1)
+                    keep = []
+                    for one in split_tx_payload(bytes(msg.payload)):  # type: ignore[arg-type]
+                        seq = cbor2.loads(one)["seq"]
+                        received.append(seq)
+                        if drop is not None and seq in drop:
+                            drop.discard(seq)
+                            continue
+                        keep.append(seq)
+                    if keep:
+                        ack = cbor2.dumps({"ranges": [list(r) for r in to_ranges(keep)]})
+                        await c.publish(topics.ack(TERMINAL), ack, qos=1)
         except aiomqtt.MqttError:
             await asyncio.sleep(0.2)
 
@@ -172,3 +177,49 @@ async def test_unreachable_broker_raises() -> None:
     with pytest.raises(UplinkError, match="broker"):
         await drain_once(_session(free_port(), outbox), 1.0)
     assert outbox.unacked_count() == 3
+
+
+@pytest.mark.parametrize("batch_max", [1, 32])
+async def test_batches_carry_consecutive_records_once(broker: Mosquitto, batch_max: int) -> None:
+    outbox = MemoryOutbox(500)
+    session = _session(broker.port, outbox, window=128)
+    session._batch_max = batch_max  # as UplinkSettings(batch_max=...) sets it
+    async with central(broker.port) as received:
+        _, acked, remaining = await drain_once(session, 30)
+    assert (acked, remaining) == (500, 0)
+    assert sorted(received) == list(range(1, 501))  # each record once, none lost
+    if batch_max == 1:
+        assert session.stats.messages == session.stats.published
+    else:
+        assert session.stats.messages <= session.stats.published // 4  # mostly full batches
+
+
+class _Recorder:
+    """Stands in for the aiomqtt client in the batching unit test below: records payloads."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    async def publish(self, topic: str, payload: bytes, **_kw: object) -> None:
+        self.payloads.append(payload)
+
+
+async def test_batches_respect_the_count_and_the_size_bound() -> None:
+    """32 records a batch at most, and never more than the wire's 64 KiB: records of ~10 KB go
+    six to a message; a single record goes as itself, not as a batch of one."""
+    session = _session(1, MemoryOutbox(0))
+    rec = _Recorder()
+    big = [OutboxItem(s, cbor2.dumps({"seq": s, "pad": bytes(10_000)})) for s in range(1, 14)]
+    small = [OutboxItem(s, cbor2.dumps({"seq": s})) for s in range(100, 170)]
+    lone = OutboxItem(999, cbor2.dumps({"seq": 999}))
+    async with asyncio.TaskGroup() as tg:
+        session._start_publishes(rec, tg, big)  # type: ignore[arg-type]
+        session._start_publishes(rec, tg, small)  # type: ignore[arg-type]
+        session._start_publishes(rec, tg, [lone])  # type: ignore[arg-type]
+    counts = sorted(len(split_tx_payload(p)) for p in rec.payloads)
+    assert counts == [1, 1, 6, 6, 6, 32, 32]
+    assert all(len(p) <= TX_BATCH_MAX_SIZE for p in rec.payloads)
+    assert lone.payload in rec.payloads  # the lone record, sent as itself
+    seqs = sorted(cbor2.loads(one)["seq"] for p in rec.payloads for one in split_tx_payload(p))
+    assert seqs == sorted([*range(1, 14), *range(100, 170), 999])
+    assert session.stats.published == 13 + 70 + 1

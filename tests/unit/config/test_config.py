@@ -111,3 +111,23 @@ def test_relative_serial_printer_resolves_against_config_dir(tmp_path: Path) -> 
     assert cfg.printer_device_url == f"serial://{tmp_path / 'var/sim/printer'}?baud=9600"
     absolute = parse_config('[printer]\nurl = "serial:///dev/ttyUSB0"\n', env={})
     assert absolute.printer_device_url == "serial:///dev/ttyUSB0"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(1, True), (32, True), (64, True), (0, False), (65, False)]
+)
+def test_uplink_batch_max_bounds(value: int, ok: bool) -> None:
+    text = f"[uplink]\nbatch_max = {value}\n"
+    if ok:
+        assert parse_config(text, env={}).uplink.batch_max == value
+    else:
+        with pytest.raises(ConfigErrors) as ei:
+            parse_config(text, env={})
+        assert [i.key for i in ei.value.issues] == ["uplink.batch_max"]
+
+
+def test_batch_limit_is_the_wire_limit() -> None:
+    from agent.config import TX_BATCH_LIMIT
+    from agent.wire.codec import TX_BATCH_MAX
+
+    assert TX_BATCH_LIMIT == TX_BATCH_MAX
