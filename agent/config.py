@@ -133,9 +133,10 @@ class UplinkConfig:
     #: Central's command-signing public keys: key id -> Ed25519 public key (hex).
     central_keys: dict[str, str] = field(default_factory=dict)
     inflight_window: int = 32
-    #: Consecutive records per tx message while a backlog drains (docs/MESSAGES.md "Batches");
-    #: 1 sends every record alone (for a central that does not take batches).
-    batch_max: int = 32
+    #: Records per tx message while a backlog drains (docs/MESSAGES.md "Batches"). 1, the
+    #: default, is the uplink contract: one record per message. Above 1 only for a central
+    #: that has agreed to take ``tx-batch`` messages.
+    batch_max: int = 1
     #: Backlog pace (records per second); live records are not paced.
     backlog_rate: float = 200.0
     ack_timeout_s: float = 30.0

@@ -4,7 +4,9 @@ Prints ONE JSON object:
 
 * ``drain_rps``: records of a backlog drained to central's acks per second (the real journal,
   ``JournalOutbox``, ``UplinkSession`` in this process; ``ssc-agent central`` in a child process;
-  a private mosquitto);
+  a private mosquitto), one record per message as the uplink contract says;
+* ``opt_in_batches``: the same drain with ``uplink.batch_max`` = 32 (``tx-batch`` messages, for
+  a central that has agreed to take them; not the default), and its ratio to the same raw figure;
 * ``raw_paho_rps``: the same payloads published raw with paho-mqtt at QoS 1 (same in-flight
   window) to the same broker in the same run, waiting for every PUBACK; ``ratio`` =
   drain / raw (goal >= 0.5);
@@ -52,6 +54,8 @@ TERMINAL = "440300907950"
 #: The RSS drains use terminals of their own, so central stores their records (instead of
 #: raising "conflict" alerts for seqs another backlog already used).
 TERMINAL_SMALL, TERMINAL_LARGE = "440300907951", "440300907952"
+TERMINAL_BATCHED = "440300907953"
+BATCH = 32  # the opt-in tx-batch figure (uplink.batch_max); the contract's default is 1
 WINDOW = int(os.environ.get("BENCH_WINDOW", "256"))  # a backlog drain; config default is 32
 CENTRAL_SCHEMA_EVERY = 100
 CLI = [sys.executable, "-m", "agent"]
@@ -114,17 +118,19 @@ def start_central(broker: Mosquitto, db: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def drain_rate(state: Path, port: int, n: int) -> float:
+async def drain_rate(
+    state: Path, port: int, n: int, terminal: str = TERMINAL, batch_max: int = 1
+) -> float:
     journal = Journal(state / "journal.db", transitions=TABLE)  # type: ignore[arg-type]
     settings = UplinkSettings(
-        terminal=TERMINAL, host="127.0.0.1", port=port, window=WINDOW, backlog_rate=1e6,
-        ack_timeout_s=10.0, reconnect_min_s=0.1, reconnect_max_s=1.0,
+        terminal=terminal, host="127.0.0.1", port=port, window=WINDOW, backlog_rate=1e6,
+        ack_timeout_s=10.0, reconnect_min_s=0.1, reconnect_max_s=1.0, batch_max=batch_max,
     )  # fmt: skip
     session = UplinkSession(
         settings,
         JournalOutbox(journal),
-        encode_status=lambda on: StatusMessage(TERMINAL, on, "bench", int(time.time())).to_cbor(),
-        decode_ack=lambda p: ack_ranges(p, TERMINAL),
+        encode_status=lambda on: StatusMessage(terminal, on, "bench", int(time.time())).to_cbor(),
+        decode_ack=lambda p: ack_ranges(p, terminal),
     )
     t0 = time.perf_counter()
     _, _, remaining = await drain_once(session, 600)
@@ -190,6 +196,10 @@ def main() -> None:
             try:
                 raw = raw_paho_rate(broker.port, payloads)
                 drain = asyncio.run(drain_rate(rate_state, broker.port, small))
+                batched_state = make_backlog(root / "batched", small, TERMINAL_BATCHED)
+                batched = asyncio.run(
+                    drain_rate(batched_state, broker.port, small, TERMINAL_BATCHED, BATCH)
+                )
                 rss_small, r1 = child_rss_kb(
                     make_backlog(root / "small", small, TERMINAL_SMALL), broker
                 )
@@ -211,6 +221,12 @@ def main() -> None:
                 "raw_paho_rps": round(raw, 1),
                 "ratio": round(drain / raw, 3),
                 "ratio_goal": 0.5,
+                "opt_in_batches": {
+                    "batch_max": BATCH,
+                    "drain_rps": round(batched, 1),
+                    "raw_paho_rps": round(raw, 1),
+                    "ratio": round(batched / raw, 3),
+                },
                 "rss_kb": {str(small): rss_small, str(large): rss_large},
                 "rss_delta_mb": round((rss_large - rss_small) / 1024, 2),
                 "rss_goal_mb": 10,

@@ -48,10 +48,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     drain.add_argument(
         "--batch",
         type=int,
-        default=32,
+        default=1,
         choices=range(1, TX_BATCH_LIMIT + 1),
         metavar=f"1..{TX_BATCH_LIMIT}",
-        help="records per tx message (1: no batches)",
+        help="records per tx message (default 1; more only for a central that takes tx-batch)",
     )
     drain.add_argument("--rate", type=float, default=5000.0, help="backlog records per second")
     drain.add_argument("--ack-timeout", type=float, default=10.0, help="resend after S seconds")

@@ -107,8 +107,9 @@ class UplinkSettings:
     reconnect_max_s: float = 300.0
     keepalive_s: int = 30
     client_id: str = ""
-    #: consecutive records per ``tx`` message (``tx-batch``); 1 sends every record alone
-    batch_max: int = 32
+    #: records per ``tx`` message; 1 (the contract: one record per message) or, for a central
+    #: that takes ``tx-batch`` messages, up to 64 consecutive records (docs/MESSAGES.md)
+    batch_max: int = 1
     extra_subscriptions: tuple[str, ...] = field(default=(topics.BROADCAST_BLACKLIST,))
 
 

@@ -745,8 +745,9 @@ def ack_ranges(data: bytes, terminal: str) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------------------------
 # A batch of tx records in one message (messages.cddl ``tx-batch``)
 # --------------------------------------------------------------------------------------------
-#: Records per batch message, and the batch's size bound (the decoder's, 64 KiB): a backlog of
-#: consecutive records goes out in fewer, larger MQTT messages (docs/MESSAGES.md "Batches").
+#: Records per batch message, and the batch's size bound (the decoder's, 64 KiB). Batches are
+#: opt-in (``uplink.batch_max``): a backlog's consecutive records in fewer, larger MQTT messages
+#: (docs/MESSAGES.md "Batches").
 TX_BATCH_MAX = 64
 TX_BATCH_MAX_SIZE = DEFAULT_MAX_SIZE
 _CBOR_ARRAY = 0x80  # major type 4 in the initial byte; a tx-record is a map (major type 5)

@@ -208,6 +208,7 @@ async def test_batches_respect_the_count_and_the_size_bound() -> None:
     """32 records a batch at most, and never more than the wire's 64 KiB: records of ~10 KB go
     six to a message; a single record goes as itself, not as a batch of one."""
     session = _session(1, MemoryOutbox(0))
+    session._batch_max = 32
     rec = _Recorder()
     big = [OutboxItem(s, cbor2.dumps({"seq": s, "pad": bytes(10_000)})) for s in range(1, 14)]
     small = [OutboxItem(s, cbor2.dumps({"seq": s})) for s in range(100, 170)]
