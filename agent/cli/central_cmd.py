@@ -48,6 +48,13 @@ def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("--group", default=d("central"), help="shared-subscription group")
     p.add_argument("--json", action="store_true", default=d(False), help="one-line JSON")
     p.add_argument(
+        "--manual",
+        action="store_true",
+        default=d(False),
+        help="keep online authorization requests pending for an operator (see `requests`; "
+        "approve with `authorize KIND CARD --terminal T`) instead of deciding them",
+    )
+    p.add_argument(
         "--schema-every",
         type=int,
         default=d(1),
@@ -95,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rec.add_argument("--terminal")
     rec.set_defaults(handler=_query_handler, action="records")
 
+    rq = sub.add_parser("requests", help="list online authorization requests and their decisions")
+    _common(rq, top=False)
+    rq.add_argument("--terminal")
+    rq.add_argument("--pending", action="store_true", help="only those waiting for an operator")
+    rq.set_defaults(handler=_query_handler, action="requests")
+
     al = sub.add_parser("alerts", help="list alerts (bad MACs, chain breaks, conflicts)")
     _common(al, top=False)
     al.set_defaults(handler=_query_handler, action="alerts")
@@ -128,6 +141,7 @@ def _central(args: argparse.Namespace, *, need_broker: bool) -> ReferenceCentral
         tls=tls,
         group=args.group,
         schema_every=args.schema_every,
+        auto_authorize=not args.manual,
     )
 
 
@@ -205,11 +219,15 @@ def _query_handler(args: argparse.Namespace) -> int:
         if args.action == "pubkey":
             print_json({"kid": central.kid.hex(), "public_key": central.public_key.hex()})
             return EXIT_OK
-        rows = (
-            central.records(getattr(args, "terminal", None))
-            if args.action == "records"
-            else central.alerts()
-        )
+        terminal = getattr(args, "terminal", None)
+        if args.action == "records":
+            rows = central.records(terminal)
+        elif args.action == "requests":
+            rows = central.authorization_requests(terminal)
+            if args.pending:
+                rows = [r for r in rows if r["decision"] == "pending"]
+        else:
+            rows = central.alerts()
     finally:
         central.close()
     if args.json:

@@ -488,6 +488,18 @@ class CentralStore:
             return "refused", "formal_loss"
         return "granted", None
 
+    def grant_pending(self, terminal: str, kind: str, card: str, command_id: bytes) -> int:
+        """An operator authorized ``kind`` for ``card`` at ``terminal``: its ``pending``
+        requests become ``granted`` (reason ``operator``) with the command that answered them.
+        Returns how many."""
+        with self._write() as c:
+            return c.execute(
+                "UPDATE authorization_requests SET decision = 'granted', reason = 'operator', "
+                "command_id = ?, sent = 1 "
+                "WHERE decision = 'pending' AND terminal = ? AND kind = ? AND card = ?",
+                (command_id, terminal, kind, card),
+            ).rowcount
+
     def answered_authorization(self, request_id: bytes, command_id: bytes | None) -> None:
         """Record the command that answered a request (``None``: it could not be sent)."""
         with self._write() as c:
@@ -970,7 +982,11 @@ class ReferenceCentral:
         if target is None:
             raise ConfigError("no terminal has reported this card: give --terminal")
         expires = int(self._clock()) + max(1, ttl_s)
-        await self.command(target, Authorize(kind, bytes.fromhex(code), expires), ttl_s)
+        body = Authorize(kind, bytes.fromhex(code), expires)
+        command, signed = await asyncio.to_thread(self.sign_command, target, body, ttl_s)
+        await self._send(topics.cmd(target), signed)
+        # the operator's answer to requests this central kept pending (``auto_authorize`` off)
+        await asyncio.to_thread(self.store.grant_pending, target, kind, code, command.id)
         return target
 
     async def answer_authorization(

@@ -18,8 +18,6 @@ decode errors all derive from ``CBORDecodeError``); the alias is installed befor
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
@@ -61,8 +59,22 @@ def _zcbor() -> Any:
         cbor2.CBORDecodeValueError = cbor2.CBORDecodeError  # type: ignore[attr-defined]
     import zcbor
 
+    _quiet(_zcbor_module())
     _lazy_messages(zcbor.DataTranslator)
     return zcbor
+
+
+def _quiet(impl: Any) -> None:
+    """zcbor prints its union back-tracking notes (``print``/``pprint``) when a validation
+    fails. Its module's ``print`` and ``pprint`` become no-ops, for that module only: a
+    ``redirect_stdout`` around each call swapped the process-wide ``sys.stdout``, so whatever
+    another thread printed meanwhile (a CLI's JSON, a log line) was swallowed."""
+
+    def _silent(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    impl.print = _silent
+    impl.pprint = _silent
 
 
 def _lazy_messages(translator: Any) -> None:
@@ -152,11 +164,8 @@ def validate(rule: str, obj: Any) -> None:
     translator = types.get(rule)
     if translator is None:
         raise KeyError(f"no rule {rule!r} in messages.cddl")
-    sink = io.StringIO()
     try:
-        # zcbor prints its union back-tracking notes to stdout on failure
-        with contextlib.redirect_stdout(sink):
-            translator.validate_obj(_ordered(obj))
+        translator.validate_obj(_ordered(obj))
     except validation_error as exc:
         raise WireError(f"{rule} does not match messages.cddl: {str(exc)[:200]}") from None
     except (cbor2.CBORError, ValueError, TypeError, KeyError, AttributeError) as exc:

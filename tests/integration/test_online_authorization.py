@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -298,3 +299,40 @@ def test_the_agent_process_asks_its_central_online(tmp_path: Path) -> None:
         if agent.proc.poll() is None:
             agent.proc.kill()
             agent.proc.wait(10)
+
+
+async def test_an_operator_approves_a_pending_request(
+    tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ssc-agent central --manual``: the request waits for an operator, who finds it with
+    ``central requests --pending`` and approves it with ``central authorize``; the grant is
+    pushed to the terminal, the request is marked ``granted`` by ``operator``, and the
+    citizen's next try unlocks offline with that authorization."""
+    from agent.cli import main
+
+    db = str(tmp_path / "central.db")
+    async with system(tmp_path, broker, timeout_s=1.0, auto_authorize=False) as (central, term):
+        await term.lock()
+        with pytest.raises(PolicyRefusal):
+            await term.unlock()
+        await until(lambda: len(central.authorization_requests(term.terminal)) == 1)
+        capsys.readouterr()
+        common = ["--db", db, "--broker", broker.url, "--manual", "--json"]
+        assert await asyncio.to_thread(main, ["central", *common, "requests", "--pending"]) == 0
+        [pending] = json.loads(capsys.readouterr().out)
+        assert (pending["kind"], pending["card"], pending["decision"]) == (
+            "unlock", term.card, "pending",
+        )  # fmt: skip
+        args = ["central", *common, "authorize", "unlock", pending["card"]]
+        assert await asyncio.to_thread(main, [*args, "--terminal", term.terminal]) == 0
+        await until(
+            lambda: term.rig.journal.find_valid_authorization(term.card, "unlock") is not None
+        )
+        [req] = central.authorization_requests(term.terminal)
+        assert (req["decision"], req["reason"], req["sent"]) == ("granted", "operator", True)
+        assert await asyncio.to_thread(main, ["central", *common, "requests", "--pending"]) == 0
+        out = capsys.readouterr().out
+        assert json.loads(out.splitlines()[-1]) == [], out
+        rec = await term.unlock()
+        assert term.rig.card.state == "active"
+        assert rec.auth_id == req["command_id"]

@@ -217,3 +217,33 @@ def test_generated_c_code_compiles(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_validation_neither_prints_nor_swallows_other_threads_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """zcbor prints notes when a validation fails; they must not appear, and what another
+    thread prints meanwhile (a CLI's JSON, a log line) must not be lost (a process-wide
+    ``redirect_stdout`` once swallowed it)."""
+    import threading
+
+    stop = threading.Event()
+    written = 0
+
+    def writer() -> None:
+        nonlocal written
+        while not stop.is_set():
+            print(f"line {written}")
+            written += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(100):
+            with pytest.raises(WireError):
+                schema.validate("tx-record", {**TX, "kind": "format_card"})
+    finally:
+        stop.set()
+        t.join()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"line {i}" for i in range(written)]
