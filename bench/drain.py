@@ -41,8 +41,7 @@ import paho.mqtt.client as paho
 from agent.journal import Journal
 from agent.journal.codec import GENESIS_HASH, body_fields, encode_body, record_digest
 from agent.profile import load_profile
-from agent.psam.crypto import sm4_cbc_mac
-from agent.psam.soft import SEAL_MAC_LEN, seal_key
+from agent.psam.soft import seal_function
 from agent.testing.mosquitto import Mosquitto
 from agent.tx.machine import TABLE
 from agent.tx.records import Kind, TxRecord
@@ -77,7 +76,7 @@ def make_backlog(state_dir: Path, n: int, terminal: str = TERMINAL) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "journal.db"
     Journal(path, transitions=TABLE).close()  # type: ignore[arg-type]  # schema + key
-    key = seal_key(load_profile("default"), bytes.fromhex(terminal))
+    seal = seal_function(load_profile("default"), bytes.fromhex(terminal))
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
@@ -90,7 +89,7 @@ def make_backlog(state_dir: Path, n: int, terminal: str = TERMINAL) -> Path:
         )  # fmt: skip
         body = encode_body(body_fields(rec, seq, prev))
         digest = record_digest(body)
-        mac = sm4_cbc_mac(key, digest)[:SEAL_MAC_LEN]
+        mac = seal(digest)
         conn.execute(
             "INSERT INTO transactions (tx_id, kind, state, card_id_code, terminal_id, offline, "
             "outcome, result, created_at, updated_at, seq) VALUES (?, ?, 'sealed', ?, ?, 1, "

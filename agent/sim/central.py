@@ -62,14 +62,12 @@ from urllib.parse import urlsplit
 import aiomqtt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from agent.errors import ConfigError, UplinkUnavailableError, WireError
 from agent.journal import Journal
 from agent.journal.codec import GENESIS_HASH
 from agent.profile import CardProfile
-from agent.psam.crypto import pad_m2, sm4_cbc_mac
-from agent.psam.soft import SEAL_MAC_LEN, seal_key
+from agent.psam.soft import seal_function
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, to_ranges
 from agent.uplink.mqtt import connection
@@ -351,7 +349,7 @@ class CentralStore:
         self.request_max_age_s = request_max_age_s
         self._tx_seen = 0
         self._keys_profile: CardProfile | None = None
-        self._seal_keys: dict[str, algorithms.SM4] = {}
+        self._seal_keys: dict[str, Callable[[bytes], bytes]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(
@@ -534,20 +532,17 @@ class CentralStore:
         )
 
     def _seal_ok(self, profile: CardProfile, terminal: str, digest: bytes, mac: bytes) -> bool:
-        """``verify_seal`` with the terminal's derived seal key cached (deriving it costs more
-        than everything else central does with a record) and the SM4 CBC-MAC (padding method
-        2, zero IV, as ``agent.psam.crypto.sm4_cbc_mac``) computed in one cipher call."""
+        """``verify_seal`` with the terminal's seal function cached (deriving its key costs
+        more than everything else central does with a record)."""
         if profile is not self._keys_profile:
             self._keys_profile = profile
             self._seal_keys.clear()
-        key = self._seal_keys.get(terminal)
-        if key is None:
+        seal = self._seal_keys.get(terminal)
+        if seal is None:
             # topics.terminal_of admits 12 digits only: always 6 BCD bytes
-            key = algorithms.SM4(seal_key(profile, bytes.fromhex(terminal)))
-            self._seal_keys[terminal] = key
-        enc = Cipher(key, modes.CBC(bytes(16))).encryptor()
-        last = (enc.update(pad_m2(digest, 16)) + enc.finalize())[-16:]
-        return hmac.compare_digest(last[:SEAL_MAC_LEN], mac)
+            seal = seal_function(profile, bytes.fromhex(terminal))
+            self._seal_keys[terminal] = seal
+        return hmac.compare_digest(seal(digest), mac)
 
     def ingest(self, items: Sequence[tuple[str, bytes]], profile: CardProfile) -> IngestResult:
         """Verify and store a batch of (topic, payload) in one transaction; say what to ack.
@@ -1103,13 +1098,13 @@ def seed_backlog(
     for tests, the benchmark and the demo), through the journal's own API. Returns the seqs."""
     from agent.tx.records import Kind, TxRecord
 
-    key = seal_key(profile, bytes.fromhex(terminal))
+    seal = seal_function(profile, bytes.fromhex(terminal))
     code = card or "44030000D156000005" + "0" * 14
     seqs = []
     for _ in range(n):
         rec = TxRecord(kind=Kind.LOCK, terminal_id=terminal, card_id_code=code, offline=True)
         journal.create_intent(rec)
         journal.transition(rec.tx_id, "card_confirmed", result="ok")
-        sealed = journal.seal(rec.tx_id, lambda d: sm4_cbc_mac(key, d)[:SEAL_MAC_LEN])
+        sealed = journal.seal(rec.tx_id, seal)
         seqs.append(sealed.seq)
     return seqs
