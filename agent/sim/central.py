@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.errors import ConfigError, UplinkUnavailableError, WireError
 from agent.journal import Journal
 from agent.journal.codec import GENESIS_HASH
+from agent.journal.store import TransitionTable
 from agent.profile import CardProfile
 from agent.psam.soft import seal_function
 from agent.uplink import topics
@@ -1108,3 +1109,17 @@ def seed_backlog(
         sealed = journal.seal(rec.tx_id, seal)
         seqs.append(sealed.seq)
     return seqs
+
+
+def seed_state_dir(
+    state_dir: Path, terminal: str, n: int, profile: CardProfile, transitions: TransitionTable
+) -> Path:
+    """A terminal state directory whose ``journal.db`` holds ``n`` sealed, unacked records
+    (:func:`seed_backlog`), closed again; for tests that copy one backlog per case."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(state_dir / "journal.db", transitions=transitions)
+    try:
+        seed_backlog(journal, terminal, n, profile)
+    finally:
+        journal.close()
+    return state_dir

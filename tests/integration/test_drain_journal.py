@@ -26,7 +26,7 @@ import pytest
 
 from agent.journal import Journal
 from agent.profile import CardProfile, load_profile
-from agent.sim.central import ReferenceCentral, seed_backlog
+from agent.sim.central import ReferenceCentral, seed_state_dir
 from agent.testing.mosquitto import Mosquitto, free_port
 from agent.tx.machine import TABLE
 from agent.uplink.outbox import JournalOutbox
@@ -51,13 +51,7 @@ def profile() -> CardProfile:
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory, profile: CardProfile) -> Path:
     """A state dir whose journal holds N sealed, unacked records (built once, copied per test)."""
-    d = tmp_path_factory.mktemp("seeded")
-    j = _journal(d / "journal.db")
-    try:
-        seed_backlog(j, TERMINAL, N, profile)
-    finally:
-        j.close()
-    return d
+    return seed_state_dir(tmp_path_factory.mktemp("seeded"), TERMINAL, N, profile, TABLE)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 from agent.journal import Journal
 from agent.profile import CardProfile, load_profile
 from agent.psam.soft import verify_seal
-from agent.sim.central import ReferenceCentral, seed_backlog
+from agent.sim.central import ReferenceCentral, seed_backlog, seed_state_dir
 from agent.testing.mosquitto import Mosquitto
 from agent.tx.machine import TABLE
 from agent.uplink.outbox import JournalOutbox
@@ -63,13 +63,7 @@ def profile() -> CardProfile:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory, profile: CardProfile) -> Path:
-    d = tmp_path_factory.mktemp("backlog")
-    j = _journal(d / "journal.db")
-    try:
-        seed_backlog(j, TERMINAL, N, profile)
-    finally:
-        j.close()
-    return d
+    return seed_state_dir(tmp_path_factory.mktemp("backlog"), TERMINAL, N, profile, TABLE)
 
 
 @pytest.fixture
