@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.errors import SealConflictError
+import pytest
+
+from agent.errors import JournalError, SealConflictError
 from agent.journal.store import Journal
 from agent.tx.machine import TABLE
 
-from .conftest import mac, record, verify_mac
+from .conftest import done_and_seal, mac, record, verify_mac
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -114,3 +116,48 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         finally:
             j.close()
     assert len(reported_sealed) > 0
+
+
+def test_seal_refused_when_a_prune_moved_the_anchor(journal: Journal) -> None:
+    """Between prepare and commit another sealer took the seq and a prune removed it: the
+    commit must not reuse the seq (the primary key alone would let it in)."""
+    clock = [1_000_000]
+    journal._clock = lambda: clock[0]  # type: ignore[method-assign]
+    a, b = record("A"), record("B")
+    for r in (a, b):
+        journal.create_intent(r)
+        journal.transition(r.tx_id, "card_confirmed")
+    draft = journal.prepare_seal(a.tx_id)
+    journal.seal(b.tx_id, mac)
+    journal.ack([(1, 1)])
+    clock[0] += 10 * 86_400_000
+    assert journal.prune(1).records == 1
+    with pytest.raises(SealConflictError):
+        journal.commit_seal(draft, mac(draft.digest))
+    assert journal.seal(a.tx_id, mac).seq == 2
+    assert journal.verify_chain(verify_mac).ok
+
+
+def test_seal_that_keeps_losing_the_race_finishes(open_journal: Callable[..., Journal]) -> None:
+    """Another writer (its own connection, like another process) seals a record during every
+    MAC: the optimistic attempts all conflict, and the last one, holding the write lock from
+    prepare to commit, shuts the competitor out and seals."""
+    j: Journal = open_journal()
+    other: Journal = open_journal()
+    other._conn.execute("PRAGMA busy_timeout = 50")
+    blocked: list[str] = []
+
+    def racing_mac(digest: bytes) -> bytes:
+        try:
+            done_and_seal(other, record(f"THIEF{len(blocked)}-{digest.hex()[:6]}"))
+        except JournalError as exc:
+            blocked.append(str(exc))
+        return mac(digest)
+
+    rec = record("SLOW")
+    j.create_intent(rec)
+    j.transition(rec.tx_id, "card_confirmed")
+    sealed = j.seal(rec.tx_id, racing_mac, attempts=4)
+    assert sealed.seq == 4  # three thieves got in first, one per optimistic attempt
+    assert len(blocked) == 1  # the fourth was kept out while the last attempt held the lock
+    assert j.verify_chain(verify_mac).ok

@@ -183,18 +183,25 @@ def test_full_disk_on_a_tiny_tmpfs(tmp_path: Path) -> None:
 
 
 # ---- migrations ---------------------------------------------------------------------------
-def test_migration_from_v1_to_a_new_version(
-    open_journal: Callable[..., Journal], tmp_path: Path
-) -> None:
-    path = _populated(open_journal, 5)
+def _schemas_plus(tmp_path: Path, sql: str) -> tuple[Path, int]:
+    """The shipped schema files plus one more version with ``sql``; returns (dir, its number)."""
     schemas = tmp_path / "schemas"
     schemas.mkdir()
-    shutil.copy(Path(schema_versions()[1]), schemas / "v1.sql")
-    (schemas / "v2.sql").write_text(
-        "ALTER TABLE events ADD COLUMN source TEXT;\nCREATE TABLE extra (x INTEGER);\n"
+    shipped = schema_versions()
+    for n, p in shipped.items():
+        shutil.copy(p, schemas / f"v{n}.sql")
+    nxt = max(shipped) + 1
+    (schemas / f"v{nxt}.sql").write_text(sql)
+    return schemas, nxt
+
+
+def test_migration_to_a_new_version(open_journal: Callable[..., Journal], tmp_path: Path) -> None:
+    path = _populated(open_journal, 5)
+    schemas, nxt = _schemas_plus(
+        tmp_path, "ALTER TABLE events ADD COLUMN source TEXT;\nCREATE TABLE extra (x INTEGER);\n"
     )
     j = Journal(path, transitions=TABLE, schema_dir=schemas)
-    assert j._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert j._conn.execute("PRAGMA user_version").fetchone()[0] == nxt
     assert j._conn.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 0
     assert j.verify_chain(verify_mac).checked == 5  # data survived
     j.close()
@@ -204,16 +211,14 @@ def test_failed_migration_is_rolled_back(
     open_journal: Callable[..., Journal], tmp_path: Path
 ) -> None:
     path = _populated(open_journal, 3)
-    schemas = tmp_path / "schemas"
-    schemas.mkdir()
-    shutil.copy(Path(schema_versions()[1]), schemas / "v1.sql")
-    (schemas / "v2.sql").write_text("CREATE TABLE half (x);\nTHIS IS NOT SQL;\n")
+    schemas, nxt = _schemas_plus(tmp_path, "CREATE TABLE half (x);\nTHIS IS NOT SQL;\n")
     with pytest.raises(JournalError):
         Journal(path, transitions=TABLE, schema_dir=schemas)
     j = open_journal()
-    assert j._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert j._conn.execute("PRAGMA user_version").fetchone()[0] == nxt - 1
     assert j._conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
     assert j.quarantined is None
+    assert j.verify_chain(verify_mac).checked == 3
 
 
 def test_newer_schema_is_refused_not_quarantined(open_journal: Callable[..., Journal]) -> None:

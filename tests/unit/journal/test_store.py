@@ -22,7 +22,7 @@ from agent.errors import (
     SealConflictError,
 )
 from agent.journal.codec import GENESIS_HASH, decode_body, record_digest
-from agent.journal.store import Journal
+from agent.journal.store import Journal, schema_versions
 from agent.tx.machine import TABLE
 from agent.tx.records import Kind, TxRecord, canonical_bytes
 
@@ -36,7 +36,7 @@ def test_pragmas(journal: Journal) -> None:
     assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert c.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert c.execute("PRAGMA user_version").fetchone()[0] == max(schema_versions())
 
 
 def test_full_lifecycle(journal: Journal) -> None:
