@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="few rounds (CI smoke)")
     ap.add_argument("--system", action="store_true", help="use the system pcscd")
     opts = ap.parse_args()
-    per_round, rounds = (200, 3) if opts.quick else (1000, 5)
+    per_round, rounds = (200, 3) if opts.quick else (1000, 9)
 
     missing = pcscd_mod.missing_tools()
     if missing:

@@ -16,6 +16,7 @@ meanwhile (its session is gone). ``SCardTransmit`` is bounded by a timeout. Noth
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import dataclasses
@@ -33,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 from smartcard import scard
 
 from agent.card.apdu import CommandApdu, ResponseApdu
+from agent.drivers import loopcalls
 from agent.errors import (
     AgentError,
     CardProtocolError,
@@ -147,10 +149,17 @@ def map_exceptions(what: str = "PC/SC") -> Iterator[None]:
         yield
     except AgentError:
         raise
-    except (TypeError, ValueError, SystemError, OSError, RuntimeError) as exc:
-        # smartcard.Exceptions.SmartcardException derives from Exception; those we meet here
-        # come from the SWIG layer and are the builtin types above.
-        raise DeviceError(f"{what}: {type(exc).__name__}: {exc}", code="pcsc_error") from exc
+    except _SWIG_ERRORS as exc:
+        raise _swig_error(what, exc) from exc
+
+
+# smartcard.Exceptions.SmartcardException derives from Exception; those we meet at the SWIG
+# layer are these builtin types (AgentError is none of them)
+_SWIG_ERRORS = (TypeError, ValueError, SystemError, OSError, RuntimeError)
+
+
+def _swig_error(what: str, exc: BaseException) -> DeviceError:
+    return DeviceError(f"{what}: {type(exc).__name__}: {exc}", code="pcsc_error")
 
 
 def _is_service_lost(exc: AgentError) -> bool:
@@ -158,27 +167,31 @@ def _is_service_lost(exc: AgentError) -> bool:
 
 
 class _Job:
-    __slots__ = (
-        "done", "exc", "finished", "fn", "fut", "inline", "lock", "loop", "parked", "result",
-    )  # fmt: skip
+    """One call for the worker thread. Hand-off by raw locks (``_thread`` locks, one futex
+    each): a ``threading.Event`` is a Condition that allocates a lock per wait, and with an
+    eagerly created future that was two thirds of the per-APDU overhead (bench/pcsc_roundtrip.py).
+    """
+
+    __slots__ = ("done", "exc", "finished", "fn", "fut", "inline", "lock", "loop", "result")
 
     def __init__(
-        self,
-        fn: Callable[[], Any],
-        fut: asyncio.Future[Any],
-        loop: asyncio.AbstractEventLoop,
-        inline: bool = False,
+        self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop, inline: bool
     ) -> None:
         self.fn = fn
         self.inline = inline
-        self.fut = fut
         self.loop = loop
-        self.done = threading.Event()  # set when the thread is finished with this job
-        self.lock = threading.Lock()  # orders "finished" against "parked"
+        self.done = _thread.allocate_lock()  # held until the thread is finished with the job
+        self.done.acquire()
+        self.lock = _thread.allocate_lock()  # orders "finished" against parking (``fut`` set)
         self.finished = False
-        self.parked = False  # the caller awaits ``fut`` (else it waits on ``done`` inline)
+        #: set (under ``lock``) when the caller parks: from then the thread answers through it
+        self.fut: asyncio.Future[Any] | None = None
         self.result: Any = None
         self.exc: BaseException | None = None
+
+    def released(self) -> bool:
+        """The thread has let go of this job (ran it, or skipped it)."""
+        return not self.done.locked()
 
     def outcome(self) -> Any:
         if self.exc is not None:
@@ -186,11 +199,17 @@ class _Job:
         return self.result
 
 
-# Spin-then-park for fast calls (DESIGN §7, bench/pcsc_roundtrip.py): a caller whose calls have
-# recently finished within INLINE_MAX_S waits for the thread on a threading.Event, blocking the
-# event loop for at most that long, instead of parking on a future the thread must wake through
-# the loop's self-pipe. On vpcd (~0.4 ms per APDU) that hand-off was a third of the round trip;
-# on a real reader (5-50 ms per APDU) calls are slower than the bound and always park.
+# Calls on the loop thread for proven-fast readers (DESIGN §7, bench/pcsc_roundtrip.py). Every
+# hand-off to a thread costs two wake-ups of a sleeping thread, 60-90 us on a small VM even with
+# raw locks: a fifth of a vpcd APDU (~0.4 ms). So while a reader's recent APDUs (an EWMA) have
+# finished within INLINE_MAX_S and its worker is idle, the next APDU is sent from the event loop's
+# own thread; any slower answer raises the average and the reader's calls go back to the worker
+# thread, with its deadlines and cancellation, until it is fast again. A real contact reader
+# (5-50 ms per APDU) never qualifies. The price: an APDU that hangs on a fast reader blocks the
+# loop until pcscd gives up on it, or until the systemd watchdog (WatchdogSec) restarts the
+# agent, whose recovery resolves the operation from the card; a restarted agent starts every
+# reader on its worker thread. Never while this process itself serves a device behind pcscd
+# (agent.drivers.loopcalls: an in-process vpcd simulator would wait for the blocked loop).
 INLINE_MAX_S = 0.002
 _EWMA_ALPHA = 0.2
 
@@ -207,7 +226,11 @@ class _Worker:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self.closed = False
-        self.fast_s = INLINE_MAX_S  # EWMA of the inline-eligible calls' durations (thread writes)
+        #: EWMA of the inline-eligible calls' durations; starts at the bound, so a reader must
+        #: prove fast on the thread before any call runs on the loop
+        self.fast_s = INLINE_MAX_S
+        self._last: _Job | None = None
+        self._inline_since: float | None = None  # first loop-thread call since the last yield
 
     def _main(self) -> None:
         while True:
@@ -215,7 +238,9 @@ class _Worker:
             if job is None:
                 return
             try:
-                if job.fut.done():  # cancelled or timed out before it started
+                with job.lock:
+                    fut = job.fut
+                if fut is not None and fut.done():  # cancelled or timed out before it started
                     continue
                 t0 = time.perf_counter()
                 try:
@@ -227,17 +252,17 @@ class _Worker:
                     self.fast_s += _EWMA_ALPHA * (took - self.fast_s)
                 with job.lock:
                     job.finished = True
-                    parked = job.parked
-                if parked:
-                    self._answer(job)
+                    fut = job.fut
+                if fut is not None:
+                    self._answer(job, fut)
             finally:
-                job.done.set()
+                job.done.release()
 
     @staticmethod
-    def _answer(job: _Job) -> None:
+    def _answer(job: _Job, fut: asyncio.Future[Any]) -> None:
         # the loop may be gone (test or process ending): nobody is left to tell
         with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(_settle, job.fut, job.result, job.exc)
+            job.loop.call_soon_threadsafe(_settle, fut, job.result, job.exc)
 
     async def run(
         self,
@@ -251,22 +276,41 @@ class _Worker:
         the thread lets go of the job, so a blocking call is never left running (the wake-up
         signal can otherwise arrive before the call has started, and be lost).
 
-        ``inline``: a short call (an APDU) may be waited for without yielding to the loop, for
-        at most ``INLINE_MAX_S``, while such calls have lately been that fast (see above).
+        ``inline``: a short call (an APDU) runs on the calling (loop) thread while such calls
+        have lately finished within ``INLINE_MAX_S`` and the thread is idle (see above).
         """
         if self.closed:
             raise DeviceError("PC/SC reader is closed", code="pcsc_closed")
+        last = self._last
+        if (
+            inline
+            and self.fast_s < INLINE_MAX_S
+            and (last is None or last.released())
+            and loopcalls.allowed()
+        ):
+            t0 = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                t1 = time.perf_counter()
+                self.fast_s += _EWMA_ALPHA * (t1 - t0 - self.fast_s)
+                # a run of calls on the loop thread never suspends: let the other tasks in at
+                # least every INLINE_MAX_S (an API request, the MQTT keepalive)
+                if self._inline_since is None:
+                    self._inline_since = t0
+                elif t1 - self._inline_since >= INLINE_MAX_S:
+                    self._inline_since = None
+                    await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        job = _Job(fn, fut, loop, inline)
+        job = _Job(fn, loop, inline)
+        self._last = job  # FIFO: when the newest job is released, the thread is idle
         self._jobs.put(job)
         started = time.monotonic()
-        if inline and self.fast_s < INLINE_MAX_S and job.done.wait(INLINE_MAX_S):
-            return job.outcome()  # type: ignore[no-any-return]
+        fut: asyncio.Future[T] = loop.create_future()
         with job.lock:
             if job.finished:
                 return job.outcome()  # type: ignore[no-any-return]
-            job.parked = True  # from here the thread answers through the loop
+            job.fut = fut  # from here the thread answers through the loop
         # A bare timer on the future (not asyncio.timeout): this is the per-APDU hot path, and
         # the context manager costs a third of the thread hand-off on a small machine.
         timer = (
@@ -279,7 +323,7 @@ class _Worker:
         except asyncio.CancelledError:
             if canceller is not None:
                 for _ in range(200):  # bounded: 10 s
-                    if job.done.is_set():
+                    if job.released():
                         break
                     canceller()
                     await asyncio.sleep(0.05)
@@ -708,8 +752,12 @@ class PcscCardChannel:
         proto = self._proto
 
         def do_transmit() -> bytes:
-            with map_exceptions("SCardTransmit"):
+            # map_exceptions spelled out: a generator context manager costs more than the rest
+            # of this function (bench/pcsc_roundtrip.py)
+            try:
                 hr, response = scard.SCardTransmit(hcard, proto, raw)
+            except _SWIG_ERRORS as exc:
+                raise _swig_error("SCardTransmit", exc) from exc
             if hr == SCARD_E_NOT_TRANSACTED:
                 # the reader driver failed the exchange; usually the card just left and
                 # pcscd has not polled yet (vpcd: < 0.5 s). Tell removal from a mute card.

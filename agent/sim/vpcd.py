@@ -31,6 +31,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from agent.drivers import loopcalls
 from agent.sim.base import SimDevice
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,11 @@ class VpcdBridge:
         await self.remove()
 
     async def _run(self) -> None:
+        # this loop answers the reader: the driver must not block it waiting for the answer
+        with loopcalls.device_served_here():
+            await self._run_attached()
+
+    async def _run_attached(self) -> None:
         delay = 0.05
         while True:
             try:

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,63 @@ async def test_state_persists_after_apdu_batch_even_on_crash(
             await channel.transmit(CommandApdu.from_bytes(bytes.fromhex(SELECT_SSSE)))
             tries = await channel.transmit(CommandApdu(0x00, 0x20, 0x00, 0x00))
             assert tries.sw == 0x63C5
+
+
+async def test_a_fast_reader_runs_on_the_loop_thread_and_a_pull_is_still_typed(
+    pcscd: PcscdInstance,
+    sim_up: Callable[..., SimUpProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The card served by another process (as in the field): once its APDUs prove fast they
+    are sent from the event loop's own thread, with no thread hand-off; pulling the card then
+    still ends the sequence with the typed removal, promptly, and the loop kept running."""
+    from agent.drivers import pcsc
+    from agent.errors import CardRemovedError
+
+    sim_up(printer=False)
+    callers: list[str] = []
+    real = pcsc.scard.SCardTransmit
+
+    def recording(*args: Any) -> Any:
+        callers.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(pcsc.scard, "SCardTransmit", recording)
+    pin_tries = CommandApdu.from_bytes(bytes.fromhex("00200000"))
+    async with PcscReader(READER0) as reader:
+        await reader.wait_for_card(timeout=10)
+        async with reader.session() as channel:
+            await channel.transmit(CommandApdu.from_bytes(bytes.fromhex(SELECT_SSSE)))
+            for _ in range(30):
+                assert (await channel.transmit(pin_tries)).sw >> 8 == 0x63
+            loop_thread = threading.current_thread().name
+            assert callers[0] != loop_thread  # a reader starts on its worker thread
+            assert callers[-1] == loop_thread  # and moved to the loop once proven fast
+
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+
+            async def until_pulled() -> BaseException:
+                try:
+                    while True:
+                        await channel.transmit(pin_tries)
+                except CardRemovedError as exc:
+                    return exc
+
+            tick_task = asyncio.create_task(ticker())
+            pull = asyncio.create_task(
+                asyncio.to_thread(ctl, pcscd.env, tmp_path / "sim", "card", "remove")
+            )
+            try:
+                err = await asyncio.wait_for(until_pulled(), 15)
+            finally:
+                tick_task.cancel()
+            await pull
+            assert isinstance(err, CardRemovedError)
+            assert ticks > 10  # other tasks ran between the APDUs on the loop thread
