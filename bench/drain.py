@@ -10,6 +10,9 @@ Prints ONE JSON object:
 * ``raw_paho_rps``: the same payloads published raw with paho-mqtt at QoS 1 (same in-flight
   window) to the same broker in the same run, waiting for every PUBACK; ``ratio`` =
   drain / raw (goal >= 0.5);
+* ``cpu_us_per_record``: the CPU each process spent per record during the drain and during the
+  raw run (this process = the agent, or the raw publisher; central; mosquitto), with the
+  machine's core count: all three share it, so their sum per record bounds the drain rate;
 * ``rss_kb``: peak RSS (``ru_maxrss`` from ``os.wait4``) of ``ssc-agent uplink drain`` child
   processes draining the small and the large backlog; goal: within 10 MB of each other.
 
@@ -27,12 +30,14 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +145,34 @@ async def drain_rate(
     return n / elapsed
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a child process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_split(
+    n: int, run: Callable[[], float], central: subprocess.Popen[bytes], broker: Mosquitto
+) -> tuple[float, dict[str, float]]:
+    """``run()``'s rate, and the CPU microseconds per record each process spent on it: this
+    process (the agent's session and journal), the central child and mosquitto."""
+    assert broker.proc is not None
+    c0, b0, a0 = _cpu_s(central.pid), _cpu_s(broker.proc.pid), _self_cpu_s()
+    rate = run()
+    c1, b1, a1 = _cpu_s(central.pid), _cpu_s(broker.proc.pid), _self_cpu_s()
+    per = 1e6 / n
+    return rate, {
+        "agent": round((a1 - a0) * per),
+        "central": round((c1 - c0) * per),
+        "broker": round((b1 - b0) * per),
+    }
+
+
 def raw_paho_rate(port: int, payloads: list[bytes]) -> float:
     done = threading.Event()
     acked = 0
@@ -193,8 +226,15 @@ def main() -> None:
         with Broker(root / "mq") as broker:
             central = start_central(broker, root / "central.db")
             try:
-                raw = raw_paho_rate(broker.port, payloads)
-                drain = asyncio.run(drain_rate(rate_state, broker.port, small))
+                raw, raw_cpu = cpu_split(
+                    small, lambda: raw_paho_rate(broker.port, payloads), central, broker
+                )
+                drain, drain_cpu = cpu_split(
+                    small,
+                    lambda: asyncio.run(drain_rate(rate_state, broker.port, small)),
+                    central,
+                    broker,
+                )
                 batched_state = make_backlog(root / "batched", small, TERMINAL_BATCHED)
                 batched = asyncio.run(
                     drain_rate(batched_state, broker.port, small, TERMINAL_BATCHED, BATCH)
@@ -220,6 +260,7 @@ def main() -> None:
                 "raw_paho_rps": round(raw, 1),
                 "ratio": round(drain / raw, 3),
                 "ratio_goal": 0.5,
+                "cpu_us_per_record": {"drain": drain_cpu, "raw": raw_cpu, "cores": os.cpu_count()},
                 "opt_in_batches": {
                     "batch_max": BATCH,
                     "drain_rps": round(batched, 1),
