@@ -34,6 +34,8 @@ import _common
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SKIP = {"_common.py", "run_all.py"}
+#: Hand-written analysis of the figures, copied into the document after the runs.
+ANALYSIS = BENCH_DIR / "ANALYSIS.md"
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ def render(runs: list[Run], machine: dict[str, Any], *, quick: bool) -> str:
     failed = [r for r in runs if r.result is None]
     for run in failed:
         lines += ["", f"### {run.name}: stderr (last lines)", "", "```", *run.stderr_tail, "```"]
+    if ANALYSIS.exists():  # hand-written: where the time goes, what was tried
+        lines += ["", *ANALYSIS.read_text(encoding="utf-8").rstrip().splitlines()]
     lines += ["", "## Raw JSON", ""]
     for run in runs:
         if run.result is None:
