@@ -2,14 +2,15 @@
 
 Every blocking PC/SC call runs on a worker thread owned by the reader (one for card I/O, one
 for presence monitoring, each with its own PC/SC context, because pcsc-lite serialises calls
-on a context) and is awaited from asyncio. Presence is watched with ``SCardGetStatusChange``
-and a long timeout, woken by ``SCardCancel``: no polling. A missing reader is awaited on the
-``\\\\?PnP?\\Notification`` pseudo-reader.
+on a context) and is awaited from asyncio; only the APDUs of a reader that has proven fast are
+sent from the event loop's thread, while its I/O worker is idle (see ``INLINE_MAX_S``).
+Presence is watched with ``SCardGetStatusChange`` and a long timeout, woken by ``SCardCancel``:
+no polling. A missing reader is awaited on the ``\\\\?PnP?\\Notification`` pseudo-reader.
 
 Robustness (peer lessons c.8, pyscard #27/#82/#87/#127/#153): a context that died with pcscd
 (``SCARD_E_NO_SERVICE``, invalid handle, comm error) is released and re-established with
 jittered backoff; the presence watcher survives a pcscd restart and reports the card as removed
-meanwhile (its session is gone). ``SCardTransmit`` is bounded by a timeout. Nothing from
+meanwhile (its session is gone). ``SCardTransmit`` on a worker is bounded by a timeout. Nothing from
 ``smartcard`` escapes: return codes and pyscard exceptions become ``agent.errors`` at this edge
 (:func:`map_exceptions`, :func:`check`).
 """
@@ -353,7 +354,9 @@ def _settle(fut: asyncio.Future[Any], result: object, exc: BaseException | None)
 
 
 class _Context:
-    """One PC/SC context, used only from its worker thread (plus ``SCardCancel``)."""
+    """One PC/SC context, used from its worker thread, plus ``SCardCancel`` from anywhere and
+    the APDUs of a proven-fast reader from the loop thread while the worker is idle (pcsc-lite
+    serialises the calls on a context; the driver never overlaps them)."""
 
     def __init__(self) -> None:
         self.handle: int | None = None
