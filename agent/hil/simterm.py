@@ -155,14 +155,15 @@ class SimulatedTerminal:
 
     def stop(self) -> None:
         """Tear everything down (safe to call twice, or after a failed start)."""
-        if self._central_task is not None:
-            task, self._central_task = self._central_task, None
-            for _ in range(20):  # a cancel can be lost in a race with a completing wait
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    task.result(timeout=0.5)
-                if task.done():
-                    break
+        if self._central_task is not None and self._loop is not None:
+            self._central_task = None
+            # Cancel the central's tasks *on its loop* and wait until they have ended: the
+            # concurrent future's cancel() returns at once, before the task has run its
+            # finally blocks (agent.uplink.mqtt.connection releases the MQTT socket there);
+            # a loop closed under it leaves a paho client whose __del__ calls into a closed
+            # loop ("Event loop is closed" at interpreter exit).
+            with contextlib.suppress(BaseException):
+                self.call(_cancel_other_tasks(), timeout=20)
         if self.central is not None:
             central, self.central = self.central, None
             with contextlib.suppress(BaseException):
@@ -219,3 +220,16 @@ async def _wrap(coro: Awaitable[T]) -> T:
 
 async def _close(central: Any) -> None:
     central.close()
+
+
+async def _cancel_other_tasks() -> None:
+    """Cancel every other task of this loop and wait for them (a cancel swallowed by a
+    completing wait is repeated)."""
+    me = asyncio.current_task()
+    for _ in range(20):
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not others:
+            return
+        for t in others:
+            t.cancel()
+        await asyncio.wait(others, timeout=0.5)

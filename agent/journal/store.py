@@ -62,6 +62,8 @@ from agent.journal.codec import GENESIS_HASH, body_fields, decode_body, encode_b
 log = logging.getLogger(__name__)
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
+#: A store migrated while at most this many pages (16 MB at 4 KB) is compacted at once.
+COMPACT_MAX_PAGES = 4096
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 5000
 DAY_MS = 86_400_000
@@ -468,6 +470,7 @@ class Journal:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
+        migrated = False
         for n, path in sorted(self._versions().items()):
             if n <= current:
                 continue
@@ -481,6 +484,21 @@ class Journal:
                     conn.execute("ROLLBACK")
                 raise
             log.info("journal schema migrated to v%d", n)
+            migrated = True
+        if migrated:
+            self._compact_if_small(conn)
+
+    @staticmethod
+    def _compact_if_small(conn: sqlite3.Connection) -> None:
+        """After migrations that rebuilt tables, give their old pages back (``VACUUM``) when the
+        store is small: a new journal is created as v1 and migrated, and would otherwise
+        start with free pages that hold nothing (a damaged one of them would go unnoticed by
+        the integrity check). A large migrated store keeps them for later records: copying
+        it whole would double its size on disk for the length of the copy."""
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        if free and pages <= COMPACT_MAX_PAGES:
+            conn.execute("VACUUM")
 
     def _quarantine(self, problem: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
