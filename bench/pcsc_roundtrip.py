@@ -9,7 +9,10 @@ APDU (``00 20 00 00``, PIN tries: no state change, a 2-byte answer):
 * ``raw``: ``smartcard.System.readers()`` → ``createConnection().connect()`` → ``transmit``.
 
 Rounds alternate (driver, raw, driver, raw, ...) so drift hits both alike; the figure per
-method is the median round. ``ratio`` = driver / raw; the goal is >= 0.9.
+method is the median round. ``ratio`` is the median of the per-pair ratios (driver round /
+the raw round right after it): adjacent rounds share the machine's state, where the medians
+of the two series may come from minutes apart (a shared 2-core VM drifts by ±10 % between
+rounds). ``ratio_of_medians`` is printed beside it; the goal is ``ratio`` >= 0.9.
 
     .venv/bin/python bench/pcsc_roundtrip.py [--quick] [--system]
 
@@ -108,6 +111,7 @@ def main() -> int:
             driver.append(asyncio.run(driver_round(per_round)))
             raw.append(raw_round(per_round))
         d, r = statistics.median(driver), statistics.median(raw)
+        paired = statistics.median(x / y for x, y in zip(driver, raw, strict=True))
         print(
             json.dumps(
                 {
@@ -121,9 +125,10 @@ def main() -> int:
                     "raw_pyscard_apdus_per_s": round(r, 1),
                     "driver_us_per_apdu": round(1e6 / d, 1),
                     "raw_us_per_apdu": round(1e6 / r, 1),
-                    "ratio": round(d / r, 3),
+                    "ratio": round(paired, 3),
+                    "ratio_of_medians": round(d / r, 3),
                     "goal_ratio": GOAL,
-                    "meets_goal": d / r >= GOAL,
+                    "meets_goal": paired >= GOAL,
                     "driver_rounds": [round(x, 1) for x in driver],
                     "raw_rounds": [round(x, 1) for x in raw],
                 }
