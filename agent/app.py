@@ -1198,11 +1198,13 @@ class App:
             )
         if self.api is not None:
             await self.api.close()
+        from agent.uplink.session import cancel_and_wait
+
         for task in [*self._bg, *([self._sighting] if self._sighting else [])]:
             task.cancel()
         for task in [*self._bg, *([self._sighting] if self._sighting else [])]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(task)  # a lost cancel (Python 3.11) must not hang the stop
         if self.printer is not None:
             with contextlib.suppress(AgentError, OSError):
                 await self.printer.aclose()

@@ -89,25 +89,13 @@ async def _sealer(hil: HilEnv) -> AsyncIterator[tuple[Any, str]]:
     pytest.skip("sealing a record needs the PSAM (--psam)")
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``session.run()``, again if the cancel was swallowed: on Python 3.11
-    ``asyncio.wait_for`` (the drain's tick) loses a cancel that arrives as its inner wait
-    completes (CPython gh-86296), which an ack that wakes the drain makes likely. Retried at an
-    interval unlike the drain's 1 s tick, so the retries cannot stay in phase with it."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.13)
-    with contextlib.suppress(asyncio.CancelledError):
-        task.result()
-
-
 async def test_record_round_trip(hil: HilEnv, tmp_path: Path) -> None:
     host, port, ctx = _target(hil)
     from agent.journal.store import Journal
     from agent.tx.machine import TABLE
     from agent.tx.records import Kind, TxRecord
     from agent.uplink.outbox import JournalOutbox
-    from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings
+    from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings, cancel_and_wait
     from agent.wire.codec import StatusMessage, ack_ranges
 
     async with _sealer(hil) as (sam, terminal):
@@ -158,7 +146,7 @@ async def test_record_round_trip(hil: HilEnv, tmp_path: Path) -> None:
                     "check the broker ACL for ssc/v1/<terminal>/#",
                 ) from None
             finally:
-                await _cancel(task)
+                await cancel_and_wait(task)
         finally:
             journal.close()
     hil.run.add_timing("uplink connect (TLS, subscribed)", f"{online * 1000:.0f} ms")

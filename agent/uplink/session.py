@@ -27,7 +27,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -395,6 +395,21 @@ class UplinkSession:
                     await self._wake.wait()
 
 
+async def cancel_and_wait(task: asyncio.Task[Any], retry_s: float = 0.13) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again while it runs.
+
+    On Python 3.11 a cancel that lands as an inner ``asyncio.wait_for`` completes is lost
+    (CPython gh-86296), and aiomqtt waits for its replies that way: a single ``cancel()`` then
+    ``await`` can wait for ever. The retry interval is unlike the session's 1 s tick, so the
+    retries cannot stay in phase with it. Exceptions other than the cancellation propagate.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_s)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def drain_once(session: UplinkSession, limit_s: float) -> tuple[int, int, int]:
     """Run ``session`` until the outbox is empty or ``limit_s``; returns (sent, acked, remaining).
 
@@ -410,9 +425,7 @@ async def drain_once(session: UplinkSession, limit_s: float) -> tuple[int, int, 
                 break
             await asyncio.sleep(0.05)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     remaining = await asyncio.to_thread(session.outbox.unacked_count)
     if remaining and not session.stats.connects:
         raise UplinkError(f"could not reach the broker: {session.stats.last_error or 'timeout'}")

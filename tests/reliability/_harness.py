@@ -329,9 +329,10 @@ class Driver:
         self.uplink_task = asyncio.create_task(self.session.run(), name="uplink")
 
     async def close(self) -> None:
-        self.uplink_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.uplink_task
+        from agent.uplink.session import cancel_and_wait
+
+        # a single cancel can be lost on Python 3.11 and left the settle child waiting
+        await cancel_and_wait(self.uplink_task)
         await asyncio.to_thread(self.outbox.flush)
         self.journal.close()
 
