@@ -13,6 +13,7 @@ import pytest
 
 from agent.journal.store import Journal, schema_versions
 from agent.tx.machine import TABLE
+from tests.fixtures.journal_v1.make import row_summary
 
 from .conftest import done_and_seal, record, verify_mac
 
@@ -58,14 +59,7 @@ def test_v1_store_migrates_without_loss(v1_store: tuple[Path, dict[str, Any]]) -
         for tx_id, want in expected["transactions"].items():
             row = j.get(tx_id)
             assert row is not None, tx_id
-            got = {
-                "kind": row.kind, "state": row.state, "card_id_code": row.card_id_code,
-                "seq": row.seq, "outcome": row.outcome, "result": row.result,
-                "error_code": row.error_code, "idempotency_key": row.idempotency_key,
-                "auth_id": row.auth_id, "personal": dict(row.personal) if row.personal else None,
-                "hash": row.hash.hex() if row.hash else None,
-            }  # fmt: skip
-            assert got == want, tx_id
+            assert row_summary(row) == want, tx_id
         assert j.blacklist_version() == expected["blacklist_version"]
         assert {c: j.blacklist_reason(c) for c in expected["blacklist"]} == expected["blacklist"]
         assert j.counter_get("activate_offline", "2026-02-10") == 2
