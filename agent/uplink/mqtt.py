@@ -7,15 +7,21 @@ back into the loop — after ``asyncio.run`` has closed it, that is ``RuntimeErr
 closed``. On a terminal whose broker refuses it for days, every attempt would also leak a file
 descriptor. :func:`connection` closes the socket through paho's own path (which unregisters it
 from the loop) as the block ends, however it ends.
+
+:class:`RecordPublisher` is the drain's fast path for QoS 1 publishes (see its docstring).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger("agent.uplink")
 
@@ -44,3 +50,70 @@ def release(client: aiomqtt.Client) -> None:
         close()
     except (OSError, RuntimeError, ValueError) as exc:  # a socket already half torn down
         log.debug("releasing the MQTT socket: %r", exc)
+
+
+#: ``done(reason_code)`` of :meth:`RecordPublisher.publish`: the PUBACK's MQTT 5 reason code
+#: (below 128 the broker took the message; 128 and above it refused it).
+PublishDone = Callable[[int], None]
+
+
+class RecordPublisher:
+    """QoS 1 publishes of the drain's records, each finished by its PUBACK (DESIGN §5).
+
+    aiomqtt's ``publish`` costs as much CPU again as paho's own publish and PUBACK handling
+    (``docs/PERFORMANCE.md``): per call an ``asyncio.Event``, a ``wait_for`` and two scans of
+    every pending call, so O(window) per record. The drain hands a window of records to paho
+    at once, so it publishes them through the paho client that aiomqtt drives (on aiomqtt's
+    event loop, through aiomqtt's socket callbacks) and finds each PUBACK by its message id in
+    one dict. Everything else (status, events, replies) still goes through aiomqtt, whose
+    ``on_publish`` gets every PUBACK that is not one of these.
+
+    One publisher per connection: a connection that ends drops its pending callbacks (those
+    records are still unacked and go again on the next connection, as with aiomqtt).
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        paho_client = getattr(client, "_client", None)
+        if paho_client is None or not hasattr(paho_client, "on_publish"):  # pragma: no cover
+            raise RuntimeError("aiomqtt internals changed: no paho client to publish through")
+        self._paho: paho.Client = paho_client
+        self._pending: dict[int, PublishDone] = {}
+        self._chained = paho_client.on_publish  # aiomqtt's: its own publishes
+        paho_client.on_publish = self._on_publish
+
+    @property
+    def pending(self) -> int:
+        """Publishes still waiting for their PUBACK."""
+        return len(self._pending)
+
+    def publish(self, topic: str, payload: bytes, done: PublishDone) -> None:
+        """Hand ``payload`` to paho at QoS 1; ``done`` runs on the loop when the PUBACK comes.
+
+        ``aiomqtt.MqttCodeError`` at once when paho refuses it (not connected, queue full).
+        """
+        info = self._paho.publish(topic, payload, qos=1)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        # A QoS 1 PUBACK is read by aiomqtt's socket callback on this same thread, so it
+        # cannot arrive before the entry exists.
+        self._pending[info.mid] = done
+
+    def close(self) -> None:
+        """Forget the pending publishes and give ``on_publish`` back to aiomqtt."""
+        self._pending.clear()
+        self._paho.on_publish = self._chained
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        done = self._pending.pop(mid, None)
+        if done is None:
+            if self._chained is not None:
+                self._chained(client, userdata, mid, reason_code, properties)
+            return
+        done(reason_code.value)

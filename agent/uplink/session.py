@@ -11,16 +11,20 @@
   reset only once a connection has stayed up, so a flapping link cannot storm.
 * Retained ``status`` with a last will saying offline.
 * Throughput (bench/drain.py): the drain keeps two cursors (last live and last backlog seq
-  handed to the window), so a wake-up reads only records not yet in flight; PUBACKs are marked
-  ``sent`` in batches; paho may keep the whole window in flight (its default is 20); sockets
-  run with ``TCP_NODELAY`` — the drain is request/response (records out, acks back) and Nagle's
-  algorithm would hold a lone packet for the peer's delayed ACK (40 ms).
+  handed to the window), so a wake-up reads only records not yet in flight; records go out
+  through :class:`~agent.uplink.mqtt.RecordPublisher` (a PUBACK found by its message id, not
+  aiomqtt's per-publish task, event and O(window) scan); PUBACKs are marked ``sent`` in
+  batches, and only those whose reason code says the broker took the message; paho's own
+  in-flight cap is off (the window is the cap); sockets run with ``TCP_NODELAY`` — the drain
+  is request/response (records out, acks back) and Nagle's algorithm would hold a lone packet
+  for the peer's delayed ACK (40 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -35,7 +39,7 @@ import paho.mqtt.client as paho
 from agent.errors import AgentError, UplinkError, UplinkUnavailableError, WireError
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, InflightWindow, TokenBucket
-from agent.uplink.mqtt import connection
+from agent.uplink.mqtt import RecordPublisher, connection
 from agent.wire.codec import TX_BATCH_MAX, TX_BATCH_MAX_SIZE, encode_tx_batch
 
 log = logging.getLogger("agent.uplink")
@@ -48,6 +52,7 @@ _BATCH_BUDGET = TX_BATCH_MAX_SIZE - 16
 STABLE_AFTER_S = 30.0  # a connection that lasted this long resets the backoff
 EXTRA_INFLIGHT = 16  # events, status and replies published beside a full window of records
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+REFUSED = 0x80  # MQTT 5 reason codes from here on are failures (§2.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class TlsFiles:
 @dataclass(slots=True)
 class UplinkStats:
     published: int = 0  # records the broker took (PUBACK)
+    refused: int = 0  # records whose PUBACK carried a failure reason code (sent again later)
     messages: int = 0  # tx messages they went in (a batch carries several)
     acked: int = 0
     resent: int = 0
@@ -250,10 +256,12 @@ class UplinkSession:
             tls_context=tls_context,
             timeout=10,
             clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
-            # the journal is the queue: paho's own queue stays at the window size, and paho
-            # may have the whole window in flight (its default of 20 would cap the window)
+            # the journal is the queue: paho's own queue stays at the window size. The window
+            # bounds what is in flight, so paho's own cap is off (0): its default of 20 would
+            # cap the window, and any cap makes paho scan every message it holds on each
+            # PUBACK (O(window) per record)
             max_queued_outgoing_messages=self.s.window * 2,
-            max_inflight_messages=self.s.window + EXTRA_INFLIGHT,
+            max_inflight_messages=0,
             # small packets go out at once: with Nagle on, an ack or a record waits for the peer's
             # delayed TCP ACK (40 ms on Linux) whenever the pipe is not full
             socket_options=NODELAY,
@@ -273,9 +281,13 @@ class UplinkSession:
         await client.publish(topics.status(t), self._encode_status(True), qos=1, retain=True)
         self._client_now = client
         self._set_online(True)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._reader(client), name="uplink-reader")
-            tg.create_task(self._drainer(client, tg), name="uplink-drain")
+        publisher = RecordPublisher(client)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reader(client), name="uplink-reader")
+                tg.create_task(self._drainer(publisher), name="uplink-drain")
+        finally:
+            publisher.close()
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         ack_topic = topics.ack(self.s.terminal)
@@ -298,9 +310,7 @@ class UplinkSession:
                 except AgentError as e:  # a bad command never takes the uplink down
                     self._emit("command_rejected", {"reason": e.code, "message": e.message})
 
-    def _start_publishes(
-        self, client: aiomqtt.Client, tg: asyncio.TaskGroup, items: list[OutboxItem]
-    ) -> None:
+    def _start_publishes(self, publisher: RecordPublisher, items: list[OutboxItem]) -> None:
         """Publish ``items`` (records just added to the window, in seq order) as ``tx``
         messages of up to ``batch_max`` records and ``TX_BATCH_MAX_SIZE`` bytes each."""
         group: list[OutboxItem] = []
@@ -308,25 +318,35 @@ class UplinkSession:
         for item in items:
             grown = size + len(item.payload) + _BATCH_ITEM_OVERHEAD
             if group and (len(group) >= self._batch_max or grown > _BATCH_BUDGET):
-                tg.create_task(self._publish(client, group))
+                self._publish(publisher, group)
                 group, grown = [], len(item.payload) + _BATCH_ITEM_OVERHEAD
             group.append(item)
             size = grown
         if group:
-            tg.create_task(self._publish(client, group))
+            self._publish(publisher, group)
 
-    async def _publish(self, client: aiomqtt.Client, items: list[OutboxItem]) -> None:
+    def _publish(self, publisher: RecordPublisher, items: list[OutboxItem]) -> None:
         payload = (
             items[0].payload if len(items) == 1 else encode_tx_batch([i.payload for i in items])
         )
         try:
-            await client.publish(topics.tx(self.s.terminal), payload, qos=1, timeout=30)
+            publisher.publish(
+                topics.tx(self.s.terminal), payload, functools.partial(self._published, items)
+            )
         except aiomqtt.MqttError:
-            # Connection lost mid-publish: the records stay unacked and are sent again on the
-            # next connection; central dedupes. Re-raise to restart the session.
+            # paho refused it (the connection is going): the records stay unacked and go again
+            # on the next connection; central dedupes. Re-raise to restart the session.
             for item in items:
                 self.window.discard(item.seq)
             raise
+
+    def _published(self, items: list[OutboxItem], reason_code: int) -> None:
+        """The PUBACK of one ``tx`` message (on the loop, from paho's callback)."""
+        if reason_code >= REFUSED:
+            # The broker refused it (quota, ACL): not "sent". The records stay in the window
+            # until the ack timeout sends them again; the journal's stats show them unsent.
+            self.stats.refused += len(items)
+            return
         self.stats.published += len(items)
         self.stats.messages += 1
         # "sent" only records that the broker took a copy; the drainer writes these in batches
@@ -338,7 +358,7 @@ class UplinkSession:
             batch, self._puback = self._puback, []
             await asyncio.to_thread(self.outbox.mark_sent, batch)
 
-    async def _drainer(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def _drainer(self, publisher: RecordPublisher) -> None:
         """Fill the window: live records first, then the backlog through the token bucket.
 
         Two cursors (the last live and the last backlog seq handed to the window) make a wake-up
@@ -369,7 +389,7 @@ class UplinkSession:
                     if item.seq not in self.window:
                         self.window.add(item.seq, self._clock())
                         fresh.append(item)
-                self._start_publishes(client, tg, fresh)
+                self._start_publishes(publisher, fresh)
                 room = self.window.room
             paced_wait = 0.0
             if room and backlog_after < self._live_mark:
@@ -385,7 +405,7 @@ class UplinkSession:
                         self.window.add(item.seq, self._clock())
                         fresh.append(item)
                     backlog_after = item.seq
-                self._start_publishes(client, tg, fresh)
+                self._start_publishes(publisher, fresh)
             self._wake.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the task
             # group's cancellation when the wake-up lands at the same moment, and the drainer

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -15,7 +16,7 @@ import pytest
 from agent.testing.mosquitto import Mosquitto
 from agent.uplink import topics
 from agent.uplink.flow import to_ranges
-from agent.uplink.mqtt import connection
+from agent.uplink.mqtt import RecordPublisher, connection
 from agent.uplink.session import OutboxItem, UplinkSession, UplinkSettings, drain_once
 from agent.wire.codec import TX_BATCH_MAX_SIZE, split_tx_payload
 
@@ -195,13 +196,15 @@ async def test_batches_carry_consecutive_records_once(broker: Mosquitto, batch_m
 
 
 class _Recorder:
-    """Stands in for the aiomqtt client in the batching unit test below: records payloads."""
+    """Stands in for the record publisher in the batching unit test below: records payloads
+    and answers each with a PUBACK that accepts it."""
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
 
-    async def publish(self, topic: str, payload: bytes, **_kw: object) -> None:
+    def publish(self, topic: str, payload: bytes, done: Callable[[int], None]) -> None:
         self.payloads.append(payload)
+        done(0)
 
 
 async def test_batches_respect_the_count_and_the_size_bound() -> None:
@@ -213,10 +216,9 @@ async def test_batches_respect_the_count_and_the_size_bound() -> None:
     big = [OutboxItem(s, cbor2.dumps({"seq": s, "pad": bytes(10_000)})) for s in range(1, 14)]
     small = [OutboxItem(s, cbor2.dumps({"seq": s})) for s in range(100, 170)]
     lone = OutboxItem(999, cbor2.dumps({"seq": 999}))
-    async with asyncio.TaskGroup() as tg:
-        session._start_publishes(rec, tg, big)  # type: ignore[arg-type]
-        session._start_publishes(rec, tg, small)  # type: ignore[arg-type]
-        session._start_publishes(rec, tg, [lone])  # type: ignore[arg-type]
+    session._start_publishes(rec, big)  # type: ignore[arg-type]
+    session._start_publishes(rec, small)  # type: ignore[arg-type]
+    session._start_publishes(rec, [lone])  # type: ignore[arg-type]
     counts = sorted(len(split_tx_payload(p)) for p in rec.payloads)
     assert counts == [1, 1, 6, 6, 6, 32, 32]
     assert all(len(p) <= TX_BATCH_MAX_SIZE for p in rec.payloads)
@@ -224,3 +226,69 @@ async def test_batches_respect_the_count_and_the_size_bound() -> None:
     seqs = sorted(cbor2.loads(one)["seq"] for p in rec.payloads for one in split_tx_payload(p))
     assert seqs == sorted([*range(1, 14), *range(100, 170), 999])
     assert session.stats.published == 13 + 70 + 1
+
+
+async def test_record_publisher_reports_each_pubacks_reason_and_leaves_aiomqtt_its_own(
+    tmp_path: Path,
+) -> None:
+    """Through the TLS broker with the terminals' ACL: a record on the terminal's own ``tx``
+    topic is taken (a reason code below 128), one on another terminal's is refused (MQTT 5
+    reason 135, not authorized) and reported as such, so the session never marks it ``sent``;
+    aiomqtt's own publishes (status, events) still finish while the publisher owns
+    ``on_publish``."""
+    other = "440300907951"
+    with Mosquitto(tmp_path / "mq", tls=True) as tls_broker:
+        assert tls_broker.tls_files is not None
+        cert, key = tls_broker.tls_files.client(TERMINAL)
+        ctx = ssl.create_default_context(cafile=str(tls_broker.tls_files.ca))
+        ctx.load_cert_chain(str(cert), str(key))
+        client = aiomqtt.Client(
+            "127.0.0.1", tls_broker.port, identifier="t-pub", tls_context=ctx,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        )  # fmt: skip
+        async with connection(client):
+            publisher = RecordPublisher(client)
+            reasons: dict[str, list[int]] = {"own": [], "other": []}
+            all_six = asyncio.Event()
+
+            def done(kind: str) -> Callable[[int], None]:
+                def record(code: int) -> None:
+                    reasons[kind].append(code)
+                    if sum(map(len, reasons.values())) == 6:
+                        all_six.set()
+
+                return record
+
+            for _ in range(3):
+                publisher.publish(topics.tx(TERMINAL), b"\xa0", done("own"))
+                publisher.publish(topics.tx(other), b"\xa0", done("other"))
+            # an aiomqtt publish in between: its PUBACK goes to aiomqtt, which returns
+            await asyncio.wait_for(
+                client.publish(topics.status(TERMINAL), b"\xa0", qos=1, retain=True), 5
+            )
+            await asyncio.wait_for(all_six.wait(), 5)
+            assert publisher.pending == 0
+            publisher.close()
+    # taken: 0, or 16 ("no matching subscribers"), both below 128
+    assert len(reasons["own"]) == 3
+    assert all(code < 0x80 for code in reasons["own"])
+    assert reasons["other"] == [135, 135, 135]
+
+
+async def test_a_refused_record_is_not_marked_sent_and_goes_again(broker: Mosquitto) -> None:
+    """A PUBACK with a failure reason code leaves the record unsent (``stats.refused``); the
+    ack timeout sends it again, and a broker that takes it then gets it marked ``sent``."""
+    session = _session(broker.port, MemoryOutbox(2))
+    item = OutboxItem(1, b"\xa0")
+
+    class _Refusing:
+        def __init__(self, codes: list[int]) -> None:
+            self.codes = codes
+
+        def publish(self, topic: str, payload: bytes, done: Callable[[int], None]) -> None:
+            done(self.codes.pop(0))
+
+    session._start_publishes(_Refusing([135]), [item])  # type: ignore[arg-type]
+    assert (session.stats.refused, session.stats.published, session._puback) == (1, 0, [])
+    session._start_publishes(_Refusing([0]), [item])  # type: ignore[arg-type]
+    assert (session.stats.refused, session.stats.published, session._puback) == (1, 1, [1])

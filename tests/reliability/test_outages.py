@@ -37,8 +37,6 @@ from tests.reliability.conftest import LONG, Figures, scaled
 pytestmark = [
     pytest.mark.mqtt,
     pytest.mark.timeout(600 if LONG else 120),
-    # the session bug below leaves a created, never awaited ``_publish`` coroutine behind
-    pytest.mark.filterwarnings("ignore:coroutine 'UplinkSession._publish' was never awaited"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 TERMINAL = "440300907950"
