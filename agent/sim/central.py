@@ -769,6 +769,49 @@ def _card_hex(card: str) -> str:
     return c
 
 
+class _Inbox:
+    """The ``tx`` and ``event`` messages that arrived and are not ingested yet, taken a burst
+    at a time (one wake-up and one ingest transaction for everything that came meanwhile)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, bytes]] = []
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, topic: str, payload: bytes) -> None:
+        self._items.append((topic, payload))
+        self._ready.set()
+
+    async def take(self, limit: int) -> list[tuple[str, bytes]]:
+        """The oldest ``limit`` messages at most; waits while there are none."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        batch, self._items = self._items[:limit], self._items[limit:]
+        return batch
+
+    def queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """An aiomqtt ``queue_type`` whose ``put_nowait`` (aiomqtt's one call on its incoming
+        queue) feeds this inbox.
+
+        aiomqtt's message iterator costs a task and an ``asyncio.wait`` per message, as much
+        CPU as paho's own work on it (docs/PERFORMANCE.md). Messages go straight here instead;
+        nothing ever reaches the queue itself, so iterating ``client.messages`` only tells when
+        the connection ends (it raises ``MqttError``).
+        """
+        inbox = self
+
+        class _Feed(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                payload = item.payload
+                if isinstance(payload, bytes | bytearray):
+                    inbox.put(item.topic.value, bytes(payload))
+
+        return _Feed
+
+
 class ReferenceCentral:
     """See the module docstring. ``await run()`` until cancelled; admin methods are async
     (they publish on the running connection, or on a short one of their own when not running);
@@ -813,7 +856,7 @@ class ReferenceCentral:
         self._clock = clock
         self._client_now: aiomqtt.Client | None = None
         self._ready = asyncio.Event()
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._inbox = _Inbox()
         self.stats: dict[str, int] = {"stored": 0, "duplicates": 0, "rejected": 0, "acks": 0}
 
     # ---- identity ---------------------------------------------------------------------------
@@ -838,6 +881,7 @@ class ReferenceCentral:
             tls_context=ctx,
             keepalive=30,
             timeout=10,
+            queue_type=self._inbox.queue_type(),
             # small packets go out at once: with Nagle on, an ack or a record waits for the peer's
             # delayed TCP ACK (40 ms on Linux) whenever the pipe is not full
             socket_options=NODELAY,
@@ -860,10 +904,10 @@ class ReferenceCentral:
                     backoff.reset()
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._worker(client, tg), name="central-worker")
-                        async for msg in client.messages:
-                            payload = msg.payload
-                            if isinstance(payload, bytes | bytearray):
-                                self._queue.put_nowait((str(msg.topic), bytes(payload)))
+                        # messages go to the inbox (see _Inbox.queue_type): this loop only
+                        # ends, with MqttError, when the connection does
+                        async for _ in client.messages:
+                            pass  # pragma: no cover - nothing is ever queued here
             except* aiomqtt.MqttError as group:
                 log.info("central connection lost: %s", group.exceptions[0])
             finally:
@@ -873,9 +917,7 @@ class ReferenceCentral:
 
     async def _worker(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await self._inbox.take(MAX_BATCH)
             res = await asyncio.to_thread(self.store.ingest, batch, self.profile)
             self.stats["stored"] += res.stored
             self.stats["duplicates"] += res.duplicates
