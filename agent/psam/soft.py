@@ -19,7 +19,15 @@ from collections.abc import Callable, Sequence
 
 from agent.errors import LocalProtocolError, SecurityModuleError
 from agent.profile import CardProfile, card_factors
-from agent.psam.crypto import Algorithm, card_mac_iv, diversify, ecb_encrypt, mac, sm4_cbc_mac
+from agent.psam.crypto import (
+    Algorithm,
+    card_mac_iv,
+    diversify,
+    ecb_encrypt,
+    mac,
+    sm4_cbc_mac,
+    sm4_cbc_mac_function,
+)
 
 CARD_MAC_LEN = 4
 SEAL_MAC_LEN = 8
@@ -73,10 +81,10 @@ def compute_seal(profile: CardProfile, terminal_number: bytes, digest: bytes) ->
 def seal_function(profile: CardProfile, terminal_number: bytes) -> Callable[[bytes], bytes]:
     """:func:`compute_seal` for one terminal with its key derived once (the derivation costs
     more than the MAC itself)."""
-    key = seal_key(profile, terminal_number)
+    cbc_mac = sm4_cbc_mac_function(seal_key(profile, terminal_number))
 
     def seal(digest: bytes) -> bytes:
-        return sm4_cbc_mac(key, digest)[:SEAL_MAC_LEN]
+        return cbc_mac(digest)[:SEAL_MAC_LEN]
 
     return seal
 
