@@ -45,3 +45,26 @@ def test_ack_leaves_the_store_at_synchronous_full(journal: Journal) -> None:
     done_and_seal(journal, record())
     journal.ack([(1, 1)])
     assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_mark_sent_and_requeue_in_chunks_with_repeats_and_strangers(journal: Journal) -> None:
+    """A drain's PUBACK batch: more seqs than one ``IN`` list holds, repeated seqs, seqs the
+    journal does not have and records already acked. Each record moves once, by the table."""
+    n = 1203  # > 2 chunks of 500
+    for i in range(n):
+        done_and_seal(journal, record(f"CARD{i:04d}"))
+    journal.ack([(1, 3)])
+    seqs = [*range(n, 0, -1), 5, 5, n + 7, 0, -1]
+    assert journal.mark_sent(seqs) == n - 3  # 1..3 acked: a late PUBACK changes nothing
+    states = _states(journal)
+    assert {states[s] for s in range(4, n + 1)} == {("sent", "sent")}
+    assert {states[s] for s in (1, 2, 3)} == {("acked", "acked")}
+    assert journal.mark_sent(seqs) == 0  # idempotent
+    assert journal.requeue([*range(1, 601), 600]) == 597  # sent -> sealed; acked ones stay
+    states = _states(journal)
+    assert {states[s] for s in range(4, 601)} == {("sealed", "sealed")}
+    assert {states[s] for s in range(601, n + 1)} == {("sent", "sent")}
+    sent_at = dict(journal._conn.execute("SELECT seq, sent_at FROM outbox").fetchall())
+    assert sent_at[4] is None  # a requeued record is unsent again
+    assert sent_at[n] is not None
+    assert journal.mark_sent([]) == 0
