@@ -19,7 +19,7 @@ decode errors all derive from ``CBORDecodeError``); the alias is installed befor
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -60,8 +60,31 @@ def _zcbor() -> Any:
     import zcbor
 
     _quiet(_zcbor_module())
+    _reused_tuples(_zcbor_module())
     _lazy_messages(zcbor.DataTranslator)
     return zcbor
+
+
+def _reused_tuples(impl: Any) -> None:
+    """zcbor 0.9 makes a new ``namedtuple`` class for every map and group it decodes, and
+    ``namedtuple()`` compiles its class with ``eval``: half of a record's validation time. Its
+    module's ``namedtuple`` becomes one that makes each class once per field list (the lists
+    are the schema's own names, a bounded set; the cache is bounded anyway)."""
+    if getattr(impl, "_ssc_reused_tuples", False):
+        return
+    make = impl.namedtuple
+
+    @lru_cache(maxsize=1024)
+    def reused(typename: str, names: tuple[str, ...]) -> Any:
+        return make(typename, names)
+
+    def namedtuple(typename: str, field_names: Any, **kwargs: Any) -> Any:
+        if kwargs or not isinstance(field_names, tuple | list):
+            return make(typename, field_names, **kwargs)
+        return reused(typename, tuple(field_names))
+
+    impl.namedtuple = namedtuple
+    impl._ssc_reused_tuples = True
 
 
 def _quiet(impl: Any) -> None:

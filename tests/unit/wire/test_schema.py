@@ -247,3 +247,15 @@ def test_validation_neither_prints_nor_swallows_other_threads_output(
         t.join()
     out = capsys.readouterr().out.splitlines()
     assert out == [f"line {i}" for i in range(written)]
+
+
+def test_zcbor_makes_each_result_tuple_class_once() -> None:
+    """zcbor's per-map ``namedtuple()`` (an ``eval`` each) is made once per field list; a
+    call it does not expect still gets a fresh class."""
+    schema._translators()
+    impl = schema._zcbor_module()
+    first = impl.namedtuple("_", ("seq", "mac"))
+    assert impl.namedtuple("_", ["seq", "mac"]) is first
+    assert impl.namedtuple("_", ("seq", "kind")) is not first
+    assert impl.namedtuple("_", "seq mac") is not first  # a string: passed through
+    assert first(1, b"x").mac == b"x"
