@@ -35,10 +35,10 @@ from typing import Any
 
 import cbor2
 
-from agent.errors import MessageEncodingError, WireError
+from agent.errors import MessageEncodingError
 from agent.journal import Journal, SealedRecord, record_digest
 from agent.uplink.session import OutboxItem
-from agent.wire.cbor import decode
+from agent.wire.cbor import decode_deterministic
 from agent.wire.codec import TxMessage
 
 __all__ = ["JournalOutbox", "ParsedTx", "parse_tx", "tx_message", "tx_payload"]
@@ -69,13 +69,13 @@ def tx_message(record: SealedRecord) -> TxMessage:
 def tx_payload(record: SealedRecord) -> bytes:
     """The ``tx`` message of a sealed record, deterministic CBOR (``TxMessage.to_cbor``).
 
-    The message without ``mac`` must be the stored body byte for byte (compared by slicing,
-    not by encoding again), so what central hashes is what the security module sealed.
+    The stored body with the ``mac`` member spliced in (``TxMessage.with_mac``), so what
+    central hashes is byte for byte what the security module sealed; the journal stores bodies
+    in deterministic encoding (``agent.journal.codec.encode_body``). Its fields are checked
+    against the wire's bounds first (``tx_message``).
     """
-    payload = tx_message(record).to_cbor()
-    if TxMessage.body_of(payload) != record.body:
-        raise MessageEncodingError(f"sealed record {record.seq}: stored body is not canonical")
-    return payload
+    tx_message(record)
+    return TxMessage.with_mac(record.body, record.mac)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +107,15 @@ class ParsedTx:
 def parse_tx(payload: bytes) -> ParsedTx:
     """Decode hostile ``tx`` bytes through :class:`TxMessage`; ``WireError`` if malformed.
 
-    One decode: the message must be deterministic CBOR (what a terminal sends), checked by
-    re-encoding the typed message once; the hashed body is then cut out of the payload
-    (``TxMessage.body_of``), byte for byte what the security module sealed.
+    One decode: the message must be deterministic CBOR (what a terminal sends), which
+    ``decode_deterministic`` checks by encoding the decoded value again; ``TxMessage`` then
+    takes exactly its fields with exactly their types, so the typed message encodes to the
+    same bytes. The hashed body is cut out of the payload (``TxMessage.body_of``), byte for
+    byte what the security module sealed.
     """
-    obj = decode(payload, max_size=TxMessage.MAX_SIZE, max_items=TxMessage.MAX_ITEMS)
-    msg = TxMessage.from_obj(obj)
     raw = bytes(payload)
-    if msg.to_cbor() != raw:
-        raise WireError("tx record is not deterministically encoded")
+    obj = decode_deterministic(raw, max_size=TxMessage.MAX_SIZE)
+    msg = TxMessage.from_obj(obj)
     body = TxMessage.body_of(raw)
     return ParsedTx(msg=msg, obj=obj, body=body, digest=record_digest(body))
 

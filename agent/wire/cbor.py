@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_ITEMS",
     "DEFAULT_MAX_SIZE",
     "decode",
+    "decode_deterministic",
     "diagnostic",
     "encode",
     "scan",
@@ -159,6 +160,52 @@ def decode(
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         # ValueError covers UnicodeDecodeError (invalid UTF-8 text) and int-conversion limits
         raise WireError(f"malformed CBOR ({exc.__class__.__name__})") from None
+
+
+def _refuse_tag(_decoder: Any, tag: Any = None) -> Any:
+    raise ValueError("CBOR tags are not accepted here")
+
+
+#: Every tag cbor2 decodes natively (0–299 covers its registry; 1004 and 55799 are the others),
+#: mapped to a refusal that runs before the tag's content is read; ``tag_hook`` refuses the rest.
+_NO_SEMANTIC_TAGS = dict.fromkeys((*range(300), 1004, 55799), _refuse_tag)
+
+
+def decode_deterministic(
+    data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DEFAULT_MAX_DEPTH
+) -> Any:
+    """Decode one CBOR item that must be in deterministic encoding (RFC 8949 §4.2.1).
+
+    The fast path for messages that are only valid deterministically encoded (``tx`` records,
+    whose hashed body is cut out of the bytes). cbor2 (>= 6.3) itself refuses indefinite
+    lengths, duplicate keys and nesting deeper than ``max_depth``, and checks every declared
+    length against the bytes it has; every tag is refused before its content is read (no
+    semantic decoder runs); then the value must encode back to exactly ``data``, which refuses
+    trailing bytes, non-shortest forms and unsorted keys. ``scan``, whose per-item walk costs
+    several times the decode, is not needed for that. Undefined and simple values do decode
+    here (as cbor2's objects): the caller's typed check refuses what it does not expect.
+    Anything wrong raises :class:`WireError`.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireError("CBOR input must be bytes")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise WireError(f"CBOR message of {len(data)} bytes exceeds {max_size}")
+    try:
+        obj = cbor2.loads(
+            data,
+            max_depth=max_depth,  # nested containers, as ``scan`` counts them
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            semantic_decoders=_NO_SEMANTIC_TAGS,
+            tag_hook=_refuse_tag,
+        )
+        again = cbor2.dumps(obj, canonical=True)
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise WireError(f"malformed CBOR ({exc.__class__.__name__})") from None
+    if again != data:
+        raise WireError("CBOR is not deterministically encoded")
+    return obj
 
 
 def encode(obj: Any) -> bytes:

@@ -137,3 +137,89 @@ def test_diagnostic_notation() -> None:
     value = cbor2.CBORTag(18, [b"\xa1\x01\x27", {4: b"k"}, None, [True, 1.5, 'a"b']])
     assert cbor.diagnostic(value) == "18([h'a10127', {4: h'6b'}, null, [true, 1.5, \"a\\\"b\"]])"
     assert cbor.diagnostic({"bb": 1, "a": 2}) == '{"a": 2, "bb": 1}'
+
+
+# ---- decode_deterministic: cbor2's own limits, every tag refused, one encoding only -----------
+#: Inputs ``decode`` refuses that are well-formed, deterministic CBOR without tags: these
+#: decode here as values (the typed check of the caller refuses them).
+_DETERMINISTIC_VALUES = {
+    "undefined",
+    "simple 16",
+    "simple 255",
+    "array key",
+    "bytes key",
+    "float key",
+}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [v for k, v in HOSTILE.items() if k not in _DETERMINISTIC_VALUES],
+    ids=[k for k in HOSTILE if k not in _DETERMINISTIC_VALUES],
+)
+def test_deterministic_decode_refuses_hostile_input(raw: bytes) -> None:
+    with pytest.raises(WireError):
+        cbor.decode_deterministic(raw)
+
+
+@pytest.mark.parametrize("tag", [0, 1, 2, 3, 4, 5, 18, 21, 24, 25, 28, 29, 35, 36, 37, 258, 1004,
+                                 55799, 1000, 2**32])  # fmt: skip
+def test_deterministic_decode_refuses_every_tag_anywhere(tag: int) -> None:
+    """Built-in semantic tags and unknown ones, at the top and nested: none is decoded."""
+    for value in (cbor2.CBORTag(tag, "x"), [1, cbor2.CBORTag(tag, b"\x01")]):
+        with pytest.raises(WireError, match="malformed"):
+            cbor.decode_deterministic(cbor2.dumps(value, canonical=True))
+
+
+def test_deterministic_decode_refuses_other_encodings_of_a_value() -> None:
+    for raw in (
+        bytes.fromhex("1801"),  # 1 in two bytes
+        bytes.fromhex("a2616201616102"),  # {"b": 1, "a": 2}: keys out of order
+        bytes.fromhex("f93c00"),  # 1.0 as a half float is fine ...
+    )[:2]:
+        with pytest.raises(WireError, match="not deterministically encoded"):
+            cbor.decode_deterministic(raw)
+    with pytest.raises(WireError, match="not deterministically encoded"):
+        cbor.decode_deterministic(bytes.fromhex("fb3ff0000000000000"))  # ... not as a double
+
+
+def test_deterministic_decode_limits() -> None:
+    with pytest.raises(WireError, match="exceeds"):
+        cbor.decode_deterministic(cbor2.dumps(b"x" * 100), max_size=50)
+    assert cbor.decode_deterministic(b"\x81" * 4 + b"\x00", max_depth=4) == [[[[0]]]]
+    with pytest.raises(WireError):
+        cbor.decode_deterministic(b"\x81" * 5 + b"\x00", max_depth=4)
+    with pytest.raises(WireError):
+        cbor.decode_deterministic("text")  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=300)
+def test_deterministic_decode_of_random_bytes_is_a_value_or_wire_error(raw: bytes) -> None:
+    """Whatever it accepts is the one deterministic encoding of what it returns."""
+    try:
+        value = cbor.decode_deterministic(raw)
+    except WireError:
+        return
+    assert cbor2.dumps(value, canonical=True) == raw
+
+
+@given(
+    st.recursive(
+        st.one_of(
+            st.integers(-(2**64), 2**64 - 1),
+            st.text(max_size=5),
+            st.binary(max_size=5),
+            st.booleans(),
+            st.none(),
+        ),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
+        max_leaves=20,
+    )
+)
+@settings(max_examples=200)
+def test_deterministic_decode_agrees_with_the_strict_decoder(value: object) -> None:
+    raw = cbor.encode(value)
+    assert cbor.decode_deterministic(raw) == cbor.decode(raw) == value

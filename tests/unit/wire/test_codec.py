@@ -206,6 +206,27 @@ def test_body_of_cuts_the_exact_body_out_of_the_message(msg: codec.TxMessage) ->
     assert codec.TxMessage.body_of(msg.to_cbor()) == msg.body_cbor()
 
 
+@given(tx_messages())
+@settings(max_examples=100)
+def test_with_mac_splices_the_mac_into_the_body(msg: codec.TxMessage) -> None:
+    """The inverse of ``body_of``: the message's own deterministic encoding."""
+    assert codec.TxMessage.with_mac(msg.body_cbor(), msg.mac) == msg.to_cbor()
+
+
+@pytest.mark.parametrize(
+    ("body", "mac"),
+    [
+        (b"", bytes(8)),
+        (b"\xa0", bytes(8)),
+        (b"\xb1\x61w\x01", bytes(8)),
+        (GOOD_TX.body_cbor(), bytes(7)),
+    ],
+)
+def test_with_mac_refuses_what_is_not_a_body_and_a_mac(body: bytes, mac: bytes) -> None:
+    with pytest.raises(MessageEncodingError):
+        codec.TxMessage.with_mac(body, mac)
+
+
 @pytest.mark.parametrize(
     "raw", [b"", b"\xa0", b"\xb2", cbor2.dumps({"mac": bytes(8), "v": 1}), b"\xb2\x61v\x01\x63mac"]
 )
