@@ -336,8 +336,12 @@ class Message:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
-        with _local(type(self).__name__):
+        # _local's handling, inline: this runs for every message built (a contextmanager per
+        # record was a tenth of a tx record's decode)
+        try:
             self._check()
+        except _Invalid as exc:
+            raise MessageEncodingError(f"{type(self).__name__}: {exc}") from None
 
     def to_obj(self) -> dict[str, Any]:
         """The message as plain CBOR-ready values."""
@@ -350,8 +354,12 @@ class Message:
     @classmethod
     def from_obj(cls, obj: Any) -> Self:
         """Build from a decoded value; ``WireError`` if it is not a valid message."""
-        with _remote(cls.RULE):
+        try:  # _remote's handling, inline (see __post_init__)
             return cls._from_obj(obj)
+        except _Invalid as exc:
+            raise WireError(f"{cls.RULE}: {exc}") from None
+        except MessageEncodingError as exc:
+            raise WireError(exc.message) from None
 
     def to_cbor(self) -> bytes:
         """Deterministic CBOR."""
@@ -467,13 +475,21 @@ class TxMessage(Message):
         _uint(self.created_at, "created_at")
         _uint(self.completed_at, "completed_at")
         _bytes(self.mac, "mac", 8)
-        _opt(_card_hex, self.card_id_code, "card_id_code")
-        _opt(_text, self.reason, "reason")
-        _opt(_text, self.result, "result")
-        _opt(_text, self.error_code, "error_code")
-        _opt(_text, self.idempotency_key, "idempotency_key", 1, MAX_IDEMPOTENCY_KEY)
-        _opt(_text, self.auth_id, "auth_id")
-        _opt(_bytes, self.personal_digest, "personal_digest", 32)
+        # the optional fields, _opt inline (most are null in most records)
+        if self.card_id_code is not None:
+            _card_hex(self.card_id_code, "card_id_code")
+        if self.reason is not None:
+            _text(self.reason, "reason")
+        if self.result is not None:
+            _text(self.result, "result")
+        if self.error_code is not None:
+            _text(self.error_code, "error_code")
+        if self.idempotency_key is not None:
+            _text(self.idempotency_key, "idempotency_key", 1, MAX_IDEMPOTENCY_KEY)
+        if self.auth_id is not None:
+            _text(self.auth_id, "auth_id")
+        if self.personal_digest is not None:
+            _bytes(self.personal_digest, "personal_digest", 32)
 
     @classmethod
     def from_body(cls, fields: Mapping[str, Any], mac: bytes) -> Self:
@@ -552,9 +568,13 @@ class TxMessage(Message):
 
     @classmethod
     def _from_obj(cls, obj: Any) -> Self:
-        m = _keys(obj, "tx record", set(cls.BODY_KEYS) | {"mac"})
+        m = _keys(obj, "tx record", _TX_KEYS)
         _uint(m.pop("v"), "v", SCHEMA_VERSION, SCHEMA_VERSION)
         return cls(**m)
+
+
+#: A tx record's keys (``_keys`` takes a set; built once, not per record).
+_TX_KEYS = set(TxMessage.BODY_KEYS) | {"mac"}
 
 
 # --------------------------------------------------------------------------------------------
