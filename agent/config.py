@@ -89,7 +89,7 @@ class TerminalConfig:
     id: str = ""
     #: Directory for the journal, keys, simulator state. Relative paths are against the config file.
     state_dir: str = "var/agent"
-    #: Card profile name (config/profiles/<name>.toml) or path.
+    #: Card profile: a built-in name (agent/profiles/<name>.toml) or a file path.
     profile: str = "default"
 
 

@@ -1,6 +1,6 @@
 """Card profiles: what the public record does not settle, kept as data (DESIGN §3).
 
-A profile (``config/profiles/*.toml``) says, for one city's cards and PSAMs: which PSAM key
+A profile (``agent/profiles/<name>.toml`` built in, or any file by path) says, for one city's cards and PSAMs: which PSAM key
 (usage byte, index) serves each purpose, which diversification factors derive the card key, when
 reading EF06 needs external authentication, what the card-side activation step is, and (only in
 profiles for the simulators, clearly marked) the test master keys.
@@ -32,7 +32,8 @@ from agent.errors import ConfigError
 PURPOSES = ("stk", "rkssse", "rpk", "puk", "seal")
 FACTORS = ("serial", "area", "terminal")
 ACTIVATION_STEPS = ("none", "update_record")
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+#: The built-in profiles, shipped in the package (``default``: the simulators' test profile).
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> CardProfil
 
 
 def load_profile(name_or_path: str | Path) -> CardProfile:
-    """Load ``config/profiles/<name>.toml`` or a path."""
+    """Load the built-in ``agent/profiles/<name>.toml``, or a profile file by path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.toml"

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def suite_dir() -> Path | None:
-    """``hil_tests/`` beside the ``agent`` package (a checkout or an editable install)."""
+    """``hil_tests/`` beside the ``agent`` package: in a checkout (or an editable install), and
+    in site-packages when installed from the wheel, which ships the suite (extra ``hil``)."""
     import agent
 
     candidate = Path(agent.__file__).resolve().parent.parent / SUITE_DIR

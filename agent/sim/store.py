@@ -57,7 +57,7 @@ class CardStore:
     """Many virtual cards in one directory, plus the "current card in the reader" pointer.
 
     ``profile``: the profile cards are loaded with; None loads each card's own profile by the
-    name saved in its state (``config/profiles/<name>.toml``).
+    name saved in its state (``agent/profiles/<name>.toml``).
     """
 
     def __init__(self, directory: str | Path, profile: CardProfile | None = None) -> None:
