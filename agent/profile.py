@@ -1,9 +1,10 @@
 """Card profiles: what the public record does not settle, kept as data (DESIGN §3).
 
-A profile (``agent/profiles/<name>.toml`` built in, or any file by path) says, for one city's cards and PSAMs: which PSAM key
-(usage byte, index) serves each purpose, which diversification factors derive the card key, when
-reading EF06 needs external authentication, what the card-side activation step is, and (only in
-profiles for the simulators, clearly marked) the test master keys.
+A profile (built in as ``agent/profiles/<name>.toml``, or any file by path) says, for one city's
+cards and PSAMs: which PSAM key (usage byte, index) serves each purpose, which diversification
+factors derive the card key, when reading EF06 needs external authentication, what the
+card-side activation step is, and (only in profiles for the simulators, clearly marked) the
+test master keys.
 
 Key purposes (ssc-card-protocol.md §2–3, §6):
 
