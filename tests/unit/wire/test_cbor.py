@@ -45,6 +45,22 @@ HOSTILE = {
 }
 
 
+#: Plain values of every CBOR major type but tags and floats, nested.
+_VALUES = st.recursive(
+    st.one_of(
+        st.integers(-(2**64), 2**64 - 1),
+        st.text(max_size=5),
+        st.binary(max_size=5),
+        st.booleans(),
+        st.none(),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
 @pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_inputs_raise_wire_error(raw: bytes) -> None:
     with pytest.raises(WireError):
@@ -89,21 +105,7 @@ def test_random_bytes(raw: bytes) -> None:
         cbor.decode(raw, top_tag=18)
 
 
-@given(
-    st.recursive(
-        st.one_of(
-            st.integers(-(2**64), 2**64 - 1),
-            st.text(max_size=5),
-            st.binary(max_size=5),
-            st.booleans(),
-            st.none(),
-        ),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
-        ),
-        max_leaves=20,
-    )
-)
+@given(_VALUES)
 @settings(max_examples=200)
 def test_scanner_agrees_with_cbor2_on_valid_values(value: object) -> None:
     raw = cbor2.dumps(value, canonical=True)
@@ -204,21 +206,7 @@ def test_deterministic_decode_of_random_bytes_is_a_value_or_wire_error(raw: byte
     assert cbor2.dumps(value, canonical=True) == raw
 
 
-@given(
-    st.recursive(
-        st.one_of(
-            st.integers(-(2**64), 2**64 - 1),
-            st.text(max_size=5),
-            st.binary(max_size=5),
-            st.booleans(),
-            st.none(),
-        ),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
-        ),
-        max_leaves=20,
-    )
-)
+@given(_VALUES)
 @settings(max_examples=200)
 def test_deterministic_decode_agrees_with_the_strict_decoder(value: object) -> None:
     raw = cbor.encode(value)
