@@ -13,6 +13,10 @@ Prints ONE JSON object:
 * ``cpu_us_per_record``: the CPU each process spent per record during the drain and during the
   raw run (this process = the agent, or the raw publisher; central; mosquitto), with the
   machine's core count: all three share it, so their sum per record bounds the drain rate;
+* ``ack_each_central``: the same drain against ``bench/_ack_each_central.py``, a consumer that
+  acks every record the moment it arrives (one ack message per record) and verifies nothing:
+  the cost of the simplest central an integrator could write, and of the agent with a central
+  that costs almost nothing;
 * ``rss_kb``: peak RSS (``ru_maxrss`` from ``os.wait4``) of ``ssc-agent uplink drain`` child
   processes draining the small and the large backlog; goal: within 10 MB of each other.
 
@@ -59,6 +63,7 @@ TERMINAL = "440300907950"
 #: raising "conflict" alerts for seqs another backlog already used).
 TERMINAL_SMALL, TERMINAL_LARGE = "440300907951", "440300907952"
 TERMINAL_BATCHED = "440300907953"
+TERMINAL_ACK_EACH = "440300907954"
 BATCH = 32  # the opt-in tx-batch figure (uplink.batch_max); the contract's default is 1
 WINDOW = int(os.environ.get("BENCH_WINDOW", "256"))  # a backlog drain; config default is 32
 CENTRAL_SCHEMA_EVERY = 100
@@ -110,6 +115,17 @@ def make_backlog(state_dir: Path, n: int, terminal: str = TERMINAL) -> Path:
     conn.execute("COMMIT")
     conn.close()
     return state_dir
+
+
+def start_ack_each_central(broker: Mosquitto) -> subprocess.Popen[bytes]:
+    """``bench/_ack_each_central.py``: one ack message per record, nothing verified."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_ack_each_central.py")), str(broker.port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+    )  # fmt: skip
+    time.sleep(1.0)  # import + subscribe
+    return proc
 
 
 def start_central(broker: Mosquitto, db: Path) -> subprocess.Popen[bytes]:
@@ -248,6 +264,21 @@ def main() -> None:
             finally:
                 central.terminate()
                 central.wait(10)
+            # the reference central is gone: the next consumer of the shared group gets it all
+            ack_each_state = make_backlog(root / "ack-each", small, TERMINAL_ACK_EACH)
+            acker = start_ack_each_central(broker)
+            try:
+                ack_each, ack_each_cpu = cpu_split(
+                    small,
+                    lambda: asyncio.run(
+                        drain_rate(ack_each_state, broker.port, small, TERMINAL_ACK_EACH)
+                    ),
+                    acker,
+                    broker,
+                )
+            finally:
+                acker.terminate()
+                acker.wait(10)
     print(
         json.dumps(
             {
@@ -266,6 +297,12 @@ def main() -> None:
                     "drain_rps": round(batched, 1),
                     "raw_paho_rps": round(raw, 1),
                     "ratio": round(batched / raw, 3),
+                },
+                "ack_each_central": {
+                    "drain_rps": round(ack_each, 1),
+                    "raw_paho_rps": round(raw, 1),
+                    "ratio": round(ack_each / raw, 3),
+                    "cpu_us_per_record": ack_each_cpu,
                 },
                 "rss_kb": {str(small): rss_small, str(large): rss_large},
                 "rss_delta_mb": round((rss_large - rss_small) / 1024, 2),

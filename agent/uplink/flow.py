@@ -101,10 +101,20 @@ class InflightWindow:
         return done
 
     def expire(self, now: float, timeout: float) -> list[int]:
-        """Records unacked for ``timeout`` seconds leave the window so they are sent again."""
-        old = sorted(s for s, t in self._sent.items() if now - t >= timeout)
+        """Records unacked for ``timeout`` seconds leave the window so they are sent again.
+
+        Records are added in the order they were sent, with the session's monotonic clock, so
+        the oldest come first: the scan stops at the first record still within its time, and a
+        wake-up costs the expired records, not the window. (A record added with an earlier time
+        than the one before it waits for that one to expire.)"""
+        old = []
+        for s, t in self._sent.items():
+            if now - t < timeout:
+                break
+            old.append(s)
         for s in old:
             del self._sent[s]
+        old.sort()
         return old
 
     def clear(self) -> None:

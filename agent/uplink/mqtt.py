@@ -117,3 +117,25 @@ class RecordPublisher:
                 self._chained(client, userdata, mid, reason_code, properties)
             return
         done(reason_code.value)
+
+
+def route_topic(client: aiomqtt.Client, topic: str, handler: Callable[[bytes], None]) -> None:
+    """Hand messages on ``topic`` straight to ``handler(payload)`` instead of aiomqtt's queue.
+
+    ``handler`` runs on the event loop's thread, inside paho's read callback (aiomqtt drives
+    paho from the loop), before paho sends the PUBACK; it must be quick and must not raise
+    (an exception ends the connection, as aiomqtt does with any failure in paho's callbacks).
+    The drain takes central's acks this way: through aiomqtt each message costs a ``Message``,
+    a queue and a task switch to the reader, hundreds of microseconds an ack
+    (``docs/PERFORMANCE.md``), while an ack only has to free its records from the window.
+    Subscribe to the topic through aiomqtt as usual; paho gives a message to every handler
+    whose filter matches it and to aiomqtt's ``on_message`` only when none does.
+    """
+    paho_client = getattr(client, "_client", None)
+    if paho_client is None or not hasattr(paho_client, "message_callback_add"):  # pragma: no cover
+        raise RuntimeError("aiomqtt internals changed: no paho client to route a topic through")
+
+    def callback(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        handler(bytes(message.payload))
+
+    paho_client.message_callback_add(topic, callback)

@@ -13,11 +13,15 @@
 * Throughput (bench/drain.py): the drain keeps two cursors (last live and last backlog seq
   handed to the window), so a wake-up reads only records not yet in flight; records go out
   through :class:`~agent.uplink.mqtt.RecordPublisher` (a PUBACK found by its message id, not
-  aiomqtt's per-publish task, event and O(window) scan); PUBACKs are marked ``sent`` in
-  batches, and only those whose reason code says the broker took the message; paho's own
-  in-flight cap is off (the window is the cap); sockets run with ``TCP_NODELAY`` — the drain
-  is request/response (records out, acks back) and Nagle's algorithm would hold a lone packet
-  for the peer's delayed ACK (40 ms).
+  aiomqtt's per-publish task, event and O(window) scan); central's acks come straight from
+  paho's read callback (:func:`~agent.uplink.mqtt.route_topic`), free the window at once and
+  reach the journal in the drainer's next step, which writes every ack and PUBACK that came
+  since the last one and reads the next records in one worker-thread hop (a central that acks
+  each record alone costs an ack decode a record, and acks share transactions); PUBACKs are
+  marked ``sent`` in batches, and only those whose reason code says the broker took the
+  message; paho's own in-flight cap is off (the window is the cap); sockets run with
+  ``TCP_NODELAY`` — the drain is request/response (records out, acks back) and Nagle's
+  algorithm would hold a lone packet for the peer's delayed ACK (40 ms).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import paho.mqtt.client as paho
 from agent.errors import AgentError, UplinkError, UplinkUnavailableError, WireError
 from agent.uplink import topics
 from agent.uplink.flow import FullJitterBackoff, InflightWindow, TokenBucket
-from agent.uplink.mqtt import RecordPublisher, connection
+from agent.uplink.mqtt import RecordPublisher, connection, route_topic
 from agent.wire.codec import TX_BATCH_MAX, TX_BATCH_MAX_SIZE, encode_tx_batch
 
 log = logging.getLogger("agent.uplink")
@@ -154,6 +158,7 @@ class UplinkSession:
         self._live_mark = 0
         self._client_now: aiomqtt.Client | None = None
         self._puback: list[int] = []  # PUBACKed seqs not yet marked sent (batched)
+        self._acks: list[tuple[int, int]] = []  # central's acks not yet written to the journal
         self._rewind: int | None = None  # drain cursors go back to this seq (resend)
 
     # ---- public surface --------------------------------------------------------------------
@@ -214,6 +219,7 @@ class UplinkSession:
             finally:
                 self._client_now = None
                 self._set_online(False)
+                self._write_acks_now()
             if self._clock() - started >= STABLE_AFTER_S:
                 self.backoff.reset()
             await asyncio.sleep(self.backoff.next())
@@ -274,6 +280,7 @@ class UplinkSession:
         self.window.clear()
         self._live_mark = await asyncio.to_thread(self.outbox.max_seq)
         t = self.s.terminal
+        route_topic(client, topics.ack(t), self._on_ack)
         await client.subscribe(topics.ack(t), qos=1)
         await client.subscribe(topics.cmd(t), qos=1)
         for extra in self.s.extra_subscriptions:
@@ -289,24 +296,30 @@ class UplinkSession:
         finally:
             publisher.close()
 
+    def _on_ack(self, payload: bytes) -> None:
+        """Central's ack (on the loop, from paho's read callback: :func:`route_topic`).
+
+        Its records leave the window at once, so the drainer can fill it again; the journal
+        learns of them in the drainer's next step, one write for every ack that came meanwhile.
+        Until then they are still unacked on disk: a crash only means central gets them again,
+        dedupes them and acks them again.
+        """
+        try:
+            ranges = self._decode_ack(payload)
+        except WireError as e:
+            self._emit("ack_rejected", {"reason": e.code})
+            return
+        self.window.ack(ranges)
+        self._acks.extend(ranges)
+        self._wake.set()
+
     async def _reader(self, client: aiomqtt.Client) -> None:
-        ack_topic = topics.ack(self.s.terminal)
+        """Commands and broadcasts (acks take :meth:`_on_ack`)."""
         async for msg in client.messages:
-            topic = str(msg.topic)
             payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
-            if topic == ack_topic:
+            if self._on_command is not None:
                 try:
-                    ranges = self._decode_ack(bytes(payload))
-                except WireError as e:
-                    self._emit("ack_rejected", {"reason": e.code})
-                    continue
-                n = await asyncio.to_thread(self.outbox.ack, ranges)
-                self.window.ack(ranges)
-                self.stats.acked += n
-                self._wake.set()
-            elif self._on_command is not None:
-                try:
-                    await self._on_command(topic, bytes(payload))
+                    await self._on_command(str(msg.topic), bytes(payload))
                 except AgentError as e:  # a bad command never takes the uplink down
                     self._emit("command_rejected", {"reason": e.code, "message": e.message})
 
@@ -353,17 +366,55 @@ class UplinkSession:
         # (a lost batch costs nothing: the record is still unacked and its ack still counts)
         self._puback.extend(item.seq for item in items)
 
-    async def _flush_puback(self) -> None:
-        if self._puback:
-            batch, self._puback = self._puback, []
-            await asyncio.to_thread(self.outbox.mark_sent, batch)
+    def _write_acks_now(self) -> None:
+        """Write the acks that came since the drainer's last step (the connection ended: the
+        next step may be far off). One short journal transaction on the loop's thread."""
+        acks, self._acks = self._acks, []
+        if not acks:
+            return
+        try:
+            self.stats.acked += self.outbox.ack(acks)
+        except AgentError as e:  # written by the next step instead
+            self._acks = acks + self._acks
+            log.warning("could not write central's acks: %s", e)
+
+    def _late_step(
+        self,
+        acks: list[tuple[int, int]],
+        step: asyncio.Future[tuple[int, list[OutboxItem], list[OutboxItem]]],
+    ) -> None:
+        """A step whose drainer was cancelled has ended in its thread: count what it acked,
+        or keep its acks for the next write if it failed."""
+        if step.cancelled() or step.exception() is not None:
+            self._acks = acks + self._acks
+        else:
+            self.stats.acked += step.result()[0]
+
+    def _journal_step(
+        self,
+        acks: list[tuple[int, int]],
+        sent: list[int],
+        live: tuple[int, int] | None,
+        backlog: tuple[int, int] | None,
+    ) -> tuple[int, list[OutboxItem], list[OutboxItem]]:
+        """One worker-thread hop of the drainer: write central's acks and the PUBACKs that
+        came since the last step, then read the next live and backlog records (``(after_seq,
+        limit)`` each). Acks go first, so a cursor that went back never re-reads records that
+        central has already acked."""
+        acked = self.outbox.ack(acks) if acks else 0
+        if sent:
+            self.outbox.mark_sent(sent)
+        fresh = self.outbox.pending(*live) if live else []
+        old = self.outbox.pending(*backlog) if backlog else []
+        return acked, fresh, old
 
     async def _drainer(self, publisher: RecordPublisher) -> None:
         """Fill the window: live records first, then the backlog through the token bucket.
 
         Two cursors (the last live and the last backlog seq handed to the window) make a wake-up
         read only records not yet in flight; they go back only when records must be sent again
-        (ack timeout, central's ``resend``).
+        (ack timeout, central's ``resend``). A wake-up is one worker-thread hop
+        (:meth:`_journal_step`) however many acks and PUBACKs came since the last one.
         """
         bucket = TokenBucket(self.s.backlog_rate, max(1.0, self.s.backlog_rate / 10), self._clock())
         tick = min(1.0, self.s.ack_timeout_s / 4)
@@ -371,8 +422,7 @@ class UplinkSession:
         backlog_after = 0
         self._take_rewind()  # a new connection starts from the cursors above anyway
         while True:
-            now = self._clock()
-            expired = self.window.expire(now, self.s.ack_timeout_s)
+            expired = self.window.expire(self._clock(), self.s.ack_timeout_s)
             if expired:
                 self.stats.resent += len(expired)
                 self._rewind_to(expired[0] - 1)
@@ -380,23 +430,50 @@ class UplinkSession:
             if rewind is not None:
                 backlog_after = min(backlog_after, rewind)
                 live_after = min(live_after, max(rewind, self._live_mark))
-            await self._flush_puback()
+            self._wake.clear()
             room = self.window.room
-            if room:
+            acks, self._acks = self._acks, []
+            sent, self._puback = self._puback, []
+            want_backlog = room > 0 and backlog_after < self._live_mark
+            if acks or sent or room:
+                step = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        self._journal_step,
+                        acks,
+                        sent,
+                        (live_after, room) if room else None,
+                        (backlog_after, room) if want_backlog else None,
+                    )
+                )
+                try:
+                    acked, live, backlog = await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    # the thread finishes its writes anyway: count them when it does
+                    step.add_done_callback(functools.partial(self._late_step, acks))
+                    raise
+                except AgentError:
+                    self._acks = acks + self._acks  # not written: the next step writes them
+                    raise
+                self.stats.acked += acked
                 fresh: list[OutboxItem] = []
-                for item in await asyncio.to_thread(self.outbox.pending, live_after, room):
+                for item in live:
+                    if not self.window.room:
+                        break
                     live_after = item.seq
                     if item.seq not in self.window:
                         self.window.add(item.seq, self._clock())
                         fresh.append(item)
                 self._start_publishes(publisher, fresh)
-                room = self.window.room
+            else:
+                backlog = []
             paced_wait = 0.0
-            if room and backlog_after < self._live_mark:
+            if self.window.room and want_backlog:
                 fresh = []
-                for item in await asyncio.to_thread(self.outbox.pending, backlog_after, room):
+                for item in backlog:
                     if item.seq > self._live_mark:
                         backlog_after = self._live_mark  # the backlog is all in flight
+                        break
+                    if not self.window.room:
                         break
                     if item.seq not in self.window:
                         paced_wait = bucket.try_take(self._clock())
@@ -406,7 +483,8 @@ class UplinkSession:
                         fresh.append(item)
                     backlog_after = item.seq
                 self._start_publishes(publisher, fresh)
-            self._wake.clear()
+            if self._wake.is_set() and not paced_wait:
+                continue  # acks came during the step: go again at once
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the task
             # group's cancellation when the wake-up lands at the same moment, and the drainer
             # would then start publishes on a group that is shutting down

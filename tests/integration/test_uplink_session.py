@@ -16,7 +16,7 @@ import pytest
 from agent.testing.mosquitto import Mosquitto
 from agent.uplink import topics
 from agent.uplink.flow import to_ranges
-from agent.uplink.mqtt import RecordPublisher, connection
+from agent.uplink.mqtt import RecordPublisher, connection, route_topic
 from agent.uplink.session import OutboxItem, UplinkSession, UplinkSettings, drain_once
 from agent.wire.codec import TX_BATCH_MAX_SIZE, split_tx_payload
 
@@ -292,3 +292,32 @@ async def test_a_refused_record_is_not_marked_sent_and_goes_again(broker: Mosqui
     assert (session.stats.refused, session.stats.published, session._puback) == (1, 0, [])
     session._start_publishes(_Refusing([0]), [item])  # type: ignore[arg-type]
     assert (session.stats.refused, session.stats.published, session._puback) == (1, 1, [1])
+
+
+async def test_a_routed_topic_goes_to_its_handler_and_the_rest_to_aiomqtt(
+    broker: Mosquitto,
+) -> None:
+    """``route_topic``: acks reach the handler on the loop's thread, in order, and never
+    aiomqtt's queue; commands still come through ``client.messages``."""
+    seen: list[tuple[bytes, bool]] = []
+    loop_thread = threading.get_ident()
+    got_all = asyncio.Event()
+
+    def on_ack(payload: bytes) -> None:
+        seen.append((payload, threading.get_ident() == loop_thread))
+        if len(seen) == 3:
+            got_all.set()
+
+    client = aiomqtt.Client("127.0.0.1", broker.port, identifier="t-route")
+    async with connection(client):
+        route_topic(client, topics.ack(TERMINAL), on_ack)
+        await client.subscribe(topics.ack(TERMINAL), qos=1)
+        await client.subscribe(topics.cmd(TERMINAL), qos=1)
+        async with connection(aiomqtt.Client("127.0.0.1", broker.port)) as peer:
+            for i in range(3):
+                await peer.publish(topics.ack(TERMINAL), bytes([i]), qos=1)
+            await peer.publish(topics.cmd(TERMINAL), b"cmd", qos=1)
+        msg = await asyncio.wait_for(anext(aiter(client.messages)), 5)
+        await asyncio.wait_for(got_all.wait(), 5)
+    assert (str(msg.topic), msg.payload) == (topics.cmd(TERMINAL), b"cmd")
+    assert seen == [(b"\x00", True), (b"\x01", True), (b"\x02", True)]

@@ -80,6 +80,34 @@ def test_window_ack_and_expire() -> None:
     assert w.ack([(0, 1_000_000)]) == [5]
 
 
+def test_window_expires_the_oldest_sends_first_and_a_resent_record_starts_afresh() -> None:
+    w = InflightWindow(8)
+    for s, t in ((5, 0.0), (1, 1.0), (9, 2.0), (3, 3.0)):
+        w.add(s, t)
+    w.discard(1)
+    w.add(1, 4.0)  # sent again: its time is now, its place is last
+    assert w.expire(now=12.5, timeout=10) == [5, 9]  # sorted by seq for the rewind
+    assert sorted(w._sent) == [1, 3]
+    assert w.expire(now=13.9, timeout=10) == [3]
+    assert w.expire(now=14.0, timeout=10) == [1]
+    assert len(w) == 0
+
+
+@settings(max_examples=150)
+@given(st.lists(st.floats(min_value=0, max_value=100), max_size=30), st.floats(0, 200))
+def test_window_expire_matches_a_full_scan(gaps: list[float], now: float) -> None:
+    """Sends in time order: stopping at the first young record finds exactly the old ones."""
+    w = InflightWindow(64)
+    t = 0.0
+    sent = {}
+    for seq, gap in enumerate(gaps, start=1):
+        t += gap
+        w.add(seq, t)
+        sent[seq] = t
+    assert w.expire(now, 50.0) == sorted(s for s, at in sent.items() if now - at >= 50.0)
+    assert all(now - at < 50.0 for at in w._sent.values())
+
+
 @settings(max_examples=150)
 @given(st.sets(st.integers(min_value=0, max_value=500)))
 def test_to_ranges_round_trip(seqs: set[int]) -> None:
