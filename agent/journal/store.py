@@ -760,6 +760,25 @@ class Journal:
             f"{where} ORDER BY t.created_at DESC LIMIT ?", (state, limit), "records"
         )
 
+    def card_codes_like(self, pattern: str, kinds: Iterable[str], limit: int = 2) -> list[str]:
+        """Distinct card codes of records of ``kinds`` that match the SQL ``LIKE`` ``pattern``
+        (``_`` one character), at most ``limit``: how a locked card, which answers no READ
+        RECORD, is found from the bytes of its code that its ATR shows. The whole journal is
+        searched (its retention bounds it): the card code has no index (schema v2), so this
+        reads every record, a few milliseconds per 10,000, and is only asked for a card that
+        arrives locked."""
+        wanted = sorted(set(kinds))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._read("card lookup") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT card_id_code FROM transactions "  # noqa: S608 - placeholders only
+                f"WHERE kind IN ({marks}) AND card_id_code LIKE ? LIMIT ?",
+                (*wanted, pattern, limit),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def transition(self, tx_id: str, event: str, **fields: str | None) -> TxRow:
         """Apply ``event`` to a record (by the transition table) and update ``fields``.
 

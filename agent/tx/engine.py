@@ -174,6 +174,12 @@ def atr_card_hint(atr: bytes | None) -> bytes | None:
     return hist[-6:] if len(hist) == 13 else None
 
 
+def hint_pattern(hint: bytes) -> str:
+    """The SQL ``LIKE`` pattern of the card codes that :func:`hint_matches` accepts: bytes 0–1
+    and 8–11 of the 16-byte code as upper-case hex, every other digit ``_``."""
+    return hint[:2].hex().upper() + "_" * 12 + hint[2:6].hex().upper() + "_" * 8
+
+
 def hint_matches(card_id_code: str, hint: bytes) -> bool:
     try:
         raw = bytes.fromhex(card_id_code)
@@ -351,7 +357,11 @@ class TxEngine:
             if card_id_code is not None and card_id_code.upper() != read:
                 raise PolicyRefusal(message_for("wrong_card")[1], code="wrong_card")
             return CardSession(watch, app, sel, read)
-        cid = card_id_code.upper() if card_id_code else self.card_id_from_atr(watch.atr)
+        cid = (
+            card_id_code.upper()
+            if card_id_code
+            else await asyncio.to_thread(self.card_id_from_atr, watch.atr)
+        )
         if cid is not None:
             app = SscApplication(
                 watch,
@@ -364,7 +374,10 @@ class TxEngine:
         return CardSession(watch, app, sel, cid)
 
     def card_id_from_atr(self, atr: bytes | None) -> str | None:
-        """The journaled card (in-doubt records first, then locks) whose code matches the ATR."""
+        """The journaled card whose code matches the ATR (CARD-PROTOCOL §1.3): an in-doubt
+        record's card first, else a card this terminal locked, however long ago (within the
+        journal's retention); ``None`` if none or several match. Reads the journal: call it
+        from a worker thread."""
         hint = atr_card_hint(atr)
         if hint is None:
             return None
@@ -375,11 +388,11 @@ class TxEngine:
         }
         if not found:
             found = {
-                r.card_id_code
-                for r in self.journal.records(limit=1000)
-                if r.card_id_code
-                and r.kind in (Kind.LOCK.value, Kind.AUTO_LOCK.value)
-                and hint_matches(r.card_id_code, hint)
+                code
+                for code in self.journal.card_codes_like(
+                    hint_pattern(hint), (Kind.LOCK.value, Kind.AUTO_LOCK.value)
+                )
+                if hint_matches(code, hint)  # LIKE ignores case: the code must be ours exactly
             }
         return found.pop() if len(found) == 1 else None
 

@@ -538,3 +538,21 @@ def test_transition_of_a_sealed_record_returns_its_chain_fields(tmp_path: Path) 
             sealed.seq, sealed.prev_hash, sealed.hash, sealed.mac,
         )  # fmt: skip
         assert moved == j.get(rec.tx_id)
+
+
+def test_card_codes_like_finds_distinct_cards_of_the_asked_kinds_only(journal: Journal) -> None:
+    for card, kind in [
+        ("4403AA01", Kind.LOCK),
+        ("4403AA01", Kind.AUTO_LOCK),  # the same card twice: one code
+        ("4403BB01", Kind.UNLOCK),  # matches, but not a lock
+        ("5501AA01", Kind.LOCK),  # a lock, but no match
+        ("4403CC01", Kind.AUTO_LOCK),
+    ]:
+        journal.create_intent(record(card, kind))
+    locks = ("lock", "auto_lock")
+    assert journal.card_codes_like("4403AA__", locks) == ["4403AA01"]
+    assert sorted(journal.card_codes_like("4403____", locks)) == ["4403AA01", "4403CC01"]
+    assert len(journal.card_codes_like("4403____", locks, limit=1)) == 1
+    assert journal.card_codes_like("4403BB__", locks) == []
+    assert journal.card_codes_like("4403BB__", ["unlock"]) == ["4403BB01"]
+    assert journal.card_codes_like("4403____", []) == []

@@ -3,9 +3,13 @@ every flow, the offline policy, authorizations, idempotency, card refusals, seal
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.card.apdu import CommandApdu
 from agent.errors import (
@@ -19,7 +23,13 @@ from agent.errors import (
 )
 from agent.journal.codec import decode_body
 from agent.sim.channel import FaultPlan
-from agent.tx.engine import atr_card_hint, hint_matches, is_card_write, record_to_json
+from agent.tx.engine import (
+    atr_card_hint,
+    hint_matches,
+    hint_pattern,
+    is_card_write,
+    record_to_json,
+)
 from agent.tx.policy import (
     DEFAULT_OPERATIONS,
     FORMAL_LOSS,
@@ -30,7 +40,7 @@ from agent.tx.policy import (
     PolicyConfig,
 )
 from agent.tx.ports import FakeUplink
-from agent.tx.records import Kind
+from agent.tx.records import Kind, TxRecord
 
 from ._txsupport import FLOWS, NEW_PIN, PROFILE, Terminal, prepared, with_state
 
@@ -223,6 +233,58 @@ async def test_locked_card_unknown_to_the_terminal_cannot_be_unlocked() -> None:
     t.grant("unlock")
     await t.engine.unlock(t.channel(), card_id_code=t.cid)  # the caller knows it
     assert t.card.state == "active"
+
+
+async def test_a_card_locked_long_ago_is_still_found_from_its_atr() -> None:
+    """A citizen comes back to unlock a card this kiosk locked 1,500 operations ago: the
+    locked card answers no READ RECORD, and its ATR's bytes find it in the whole journal."""
+    t = Terminal()
+    await t.engine.lock(t.channel())
+    for i in range(1500):
+        t.journal.create_intent(
+            TxRecord(Kind.LOCK, t.engine.terminal_id, f"4403{i:028X}", offline=True)
+        )
+    t.grant("unlock")
+    rec = await t.engine.unlock(t.channel())
+    assert (rec.card_id_code, t.card.state) == (t.cid, "active")
+
+
+async def test_two_locked_cards_behind_one_atr_hint_are_not_guessed() -> None:
+    """Two journaled locks whose codes share the ATR's bytes: the terminal cannot tell which
+    card this is, so it asks for the code instead of unlocking the wrong one."""
+    t = Terminal()
+    await t.engine.lock(t.channel())
+    twin = t.cid[:8] + ("0" if t.cid[8] != "0" else "1") + t.cid[9:]
+    assert twin != t.cid
+    assert hint_matches(twin, atr_card_hint(t.card.atr) or b"")
+    t.journal.create_intent(TxRecord(Kind.AUTO_LOCK, t.engine.terminal_id, twin, offline=True))
+    t.grant("unlock")
+    with pytest.raises(PolicyRefusal) as exc:
+        await t.engine.unlock(t.channel())
+    assert exc.value.code == "card_unknown"
+    assert t.card.state == "temp_locked"
+
+
+def test_hint_pattern_is_the_like_form_of_hint_matches() -> None:
+    hint = bytes.fromhex("4403AD932A48")
+    code = "4403" + "0" * 12 + "AD932A48" + "F" * 8
+    assert hint_pattern(hint) == "4403" + "_" * 12 + "AD932A48" + "_" * 8
+    assert len(hint_pattern(hint)) == len(code) == 32
+    assert hint_matches(code, hint)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=6, max_size=6), st.booleans())
+def test_the_like_pattern_matches_exactly_the_codes_hint_matches_takes(
+    code: bytes, hint: bytes, plant: bool
+) -> None:
+    if plant:  # a code that carries the hint, with random bytes around it
+        code = hint[:2] + code[2:8] + hint[2:6] + code[12:]
+    text = code.hex().upper()
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        (like,) = db.execute("SELECT ? LIKE ?", (text, hint_pattern(hint))).fetchone()
+    assert bool(like) == hint_matches(text, hint)
+    assert plant <= hint_matches(text, hint)
 
 
 @pytest.mark.parametrize("flow", ["lock", "unlock", "pin_change", "activate"])
