@@ -925,10 +925,12 @@ class App:
         from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings
         from agent.wire.codec import ack_ranges
         from agent.wire.commands import CommandVerifier
+        from agent.wire.pii import pii_public_key
 
         cfg = self.config.uplink
         url = self.config.broker_url
         keys: dict[bytes, Any] = central_public_keys(cfg.central_keys)
+        pii_key = pii_public_key(cfg.central_pii_key)
         host, port, tls = "", 0, None
         self.health.set("uplink", HealthState.DEGRADED, "connecting")
         if url.scheme == "sim":
@@ -945,13 +947,19 @@ class App:
                 self.broker.url, self.state_dir / "sim-central" / "central.db", self.profile
             )
             keys[self.central.kid] = self.central.key.public_key()
+            pii_key = self.central.pii_key.public_key()
             self._spawn(self.central.run(), "central-sim")
             host, port = "127.0.0.1", self.broker.port
         else:
             host, port = url.host, url.port
             if url.scheme == "mqtts":
                 tls = TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file)
-        outbox = JournalOutbox(self.journal)
+        if pii_key is None:
+            log.warning(
+                "uplink.central_pii_key is empty: loss reports made without the card reach "
+                "central without the citizen's ID and card numbers"
+            )
+        outbox = JournalOutbox(self.journal, pii_key)
         settings = UplinkSettings(
             terminal=self.terminal_id,
             host=host,

@@ -132,6 +132,11 @@ class UplinkConfig:
     key_file: str = ""
     #: Central's command-signing public keys: key id -> Ed25519 public key (hex).
     central_keys: dict[str, str] = field(default_factory=dict)
+    #: Central's personal-data key (X25519 public key, hex; ``ssc-agent central pubkey``): a
+    #: loss report made without the card sends the citizen's ID and card numbers sealed to it
+    #: (docs/MESSAGES.md "Personal data"). Empty: they stay on the terminal, and central learns
+    #: only that a loss was reported.
+    central_pii_key: str = ""
     inflight_window: int = 32
     #: Records per tx message while a backlog drains (docs/MESSAGES.md "Batches"). 1, the
     #: default, is the uplink contract: one record per message. Above 1 only for a central

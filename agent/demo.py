@@ -166,12 +166,14 @@ class Demo:
                 ("The holder locks the card; a retried request changes it once", self.s_lock),
                 ("The network goes down", self.s_network_down),
                 ("An offline unlock is refused (no authorization)", self.s_unlock_refused),
+                ("A citizen reports a lost card (no card, offline: queued)", self.s_report_loss),
                 ("The network is back; central authorizes the unlock", self.s_authorize),
                 ("The unlock succeeds with central's authorization", self.s_unlock),
                 ("A blacklisted card is inserted and locked automatically", self.s_blacklist),
                 ("Every transaction printed its receipt", self.s_receipts),
                 ("The journal verifies and is drained to central", self.s_drain),
             ]
+            assert len(steps) == STORY_STEPS
             for n, (title, fn) in enumerate(steps, 1):
                 step = Step(n, title)
                 t0 = time.monotonic()
@@ -203,7 +205,7 @@ class Demo:
             app.request_stop()
             with contextlib.suppress(AgentError):
                 await runner
-        ok = len(self.steps) == 11 and all(s.ok for s in self.steps)
+        ok = len(self.steps) == STORY_STEPS and all(s.ok for s in self.steps)
         self._summary(ok)
         return ok
 
@@ -359,6 +361,19 @@ class Demo:
             raise StepFailed(f"refused with {err.get('code')}")
         step.detail = f"refused: {err['code']}\n“{err.get('message_zh')}” / “{err['message']}”"
 
+    async def s_report_loss(self, step: Step) -> None:
+        rec = await self.call(
+            "tx.report_loss",
+            {"idempotency_key": "demo-loss-1", "ssn": DEMO_LOSS["ssn"],
+             "card_number": DEMO_LOSS["card_number"], "name": DEMO_LOSS["name"]},
+        )  # fmt: skip
+        if (rec["kind"], rec["result"], rec["offline"]) != ("report_loss", "pending", True):
+            raise StepFailed(f"loss report: {rec}")
+        step.detail = (
+            self._tx_detail(rec) + "\nthe ID and card numbers stay encrypted in the journal; "
+            "they go to central sealed to its key (HPKE), never in the clear"
+        )
+
     async def s_authorize(self, step: Step) -> None:
         app = self.app
         assert app is not None
@@ -424,7 +439,7 @@ class Demo:
         printed = [d for e, d in self.events if e == "receipt_printed"]
         failed = [d for e, d in self.events if e == "receipt_not_printed"]
         kinds = [d["kind"] for d in printed]
-        want = ["activate", "lock", "unlock", "auto_lock"]
+        want = ["activate", "lock", "report_loss", "unlock", "auto_lock"]
         if failed or kinds != want:
             raise StepFailed(
                 f"receipts printed for {kinds}, not printed for {[d['kind'] for d in failed]}"
@@ -461,11 +476,22 @@ class Demo:
             raise StepFailed(
                 f"central has {stored} records, chain verified to {verified}, alerts {alerts}"
             )
+        reports = app.central.loss_reports(app.terminal_id)
+        if len(reports) != 1 or DEMO_LOSS["ssn"] in str(reports):
+            raise StepFailed(f"central's loss reports: {reports}")
+        [loss] = reports
         step.detail = (
             f"{verify['checked']} sealed records: hash chain and PSAM MACs verify locally; "
             f"central acked all {stored}, verified every MAC and the chain to seq {verified}, "
-            "no alerts"
+            f"no alerts\nthe loss report (seq {loss['seq']}) opened at central and matches its "
+            f"sealed digest: ID {loss['ssn']}, card {loss['card_number']} (shown masked)"
         )
+
+
+#: Steps of the story (every one must have run, and gone as told).
+STORY_STEPS = 12
+#: The loss report of the story (a made-up citizen: the ID number's check digit is not valid).
+DEMO_LOSS = {"ssn": "44030119900101123X", "card_number": "D83462715", "name": "李四"}
 
 
 def run_demo(state_dir: Path, *, as_json: bool = False, out: TextIO | None = None) -> bool:

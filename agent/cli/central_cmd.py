@@ -9,12 +9,15 @@
     ssc-agent central ping|report --terminal T ;  central resend --terminal T --from-seq N
     ssc-agent central records [--terminal T] [--json] --db FILE
     ssc-agent central alerts [--json] --db FILE
+    ssc-agent central loss-reports [--terminal T] [--show-pii] [--json] --db FILE
     ssc-agent central pubkey --db FILE      (kid and Ed25519 public key, hex, for the agent's
-                                             ``uplink.central_keys``)
+                                             ``uplink.central_keys``; X25519 personal-data key,
+                                             hex, for its ``uplink.central_pii_key``)
 
 ``--key`` is central's command-signing key (created 0600 beside the database on first use,
-``<db>.signing-key``); ``--key-file`` is the TLS client key. Card ids are the 32 hex digits of
-the card identification code. Admin commands publish once and exit.
+``<db>.signing-key``; the personal-data key beside it is ``<db>.pii-key``); ``--key-file`` is
+the TLS client key. Card ids are the 32 hex digits of the card identification code. Admin
+commands publish once and exit.
 """
 
 from __future__ import annotations
@@ -108,6 +111,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rq.add_argument("--pending", action="store_true", help="only those waiting for an operator")
     rq.set_defaults(handler=_query_handler, action="requests")
 
+    lr = sub.add_parser("loss-reports", help="loss reports whose personal data arrived")
+    _common(lr, top=False)
+    lr.add_argument("--terminal")
+    lr.add_argument(
+        "--show-pii", action="store_true", help="ID and card numbers unmasked (central's staff)"
+    )
+    lr.set_defaults(handler=_query_handler, action="loss-reports")
+
     al = sub.add_parser("alerts", help="list alerts (bad MACs, chain breaks, conflicts)")
     _common(al, top=False)
     al.set_defaults(handler=_query_handler, action="alerts")
@@ -161,7 +172,7 @@ def _run_handler(args: argparse.Namespace) -> int:
 
     sys.stderr.write(
         f"central: {args.broker} db={args.db} kid={central.kid.hex()} "
-        f"pubkey={central.public_key.hex()}\n"
+        f"pubkey={central.public_key.hex()} pii_key={central.pii_public_key.hex()}\n"
     )
     try:
         asyncio.run(main())
@@ -217,11 +228,19 @@ def _query_handler(args: argparse.Namespace) -> int:
         return report_error(exc, as_json=args.json)
     try:
         if args.action == "pubkey":
-            print_json({"kid": central.kid.hex(), "public_key": central.public_key.hex()})
+            print_json(
+                {
+                    "kid": central.kid.hex(),
+                    "public_key": central.public_key.hex(),
+                    "pii_key": central.pii_public_key.hex(),
+                }
+            )
             return EXIT_OK
         terminal = getattr(args, "terminal", None)
         if args.action == "records":
             rows = central.records(terminal)
+        elif args.action == "loss-reports":
+            rows = central.loss_reports(terminal, show_pii=args.show_pii)
         elif args.action == "requests":
             rows = central.authorization_requests(terminal)
             if args.pending:

@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     drain.add_argument("--rate", type=float, default=5000.0, help="backlog records per second")
     drain.add_argument("--ack-timeout", type=float, default=10.0, help="resend after S seconds")
+    drain.add_argument(
+        "--pii-key",
+        default="",
+        help="central's personal-data key (X25519, hex; uplink.central_pii_key): loss reports "
+        "made without the card carry their personal data sealed to it",
+    )
     drain.add_argument("--json", action="store_true", help="one-line JSON, errors as JSON")
     drain.set_defaults(handler=_drain_handler)
 
@@ -95,6 +101,7 @@ async def _drain(args: argparse.Namespace) -> dict[str, int]:
     from agent.uplink.outbox import JournalOutbox
     from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings, drain_once
     from agent.wire.codec import StatusMessage, ack_ranges
+    from agent.wire.pii import pii_public_key
 
     u = urlsplit(args.broker)
     if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
@@ -107,9 +114,10 @@ async def _drain(args: argparse.Namespace) -> dict[str, int]:
     path = Path(args.state_dir) / "journal.db"
     if not path.exists():
         raise ConfigError(f"no journal at {path}")
+    pii_key = pii_public_key(args.pii_key, "--pii-key")
     journal = Journal(path, transitions=TABLE)  # type: ignore[arg-type]
     try:
-        outbox = JournalOutbox(journal)
+        outbox = JournalOutbox(journal, pii_key)
         terminal = _terminal_of(journal, args.terminal)
         if terminal is None:  # nothing was ever sealed: nothing to send
             return {"sent": 0, "acked": 0, "remaining": 0}

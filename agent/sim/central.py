@@ -11,6 +11,11 @@ It is the simulator the tests and the demo run against and the example for integ
   verified over the contiguous prefix from seq 1; a break raises an ``alerts`` row;
 * dedupes by (terminal, seq): a duplicate with the same digest is acked again; one with another
   digest is a ``conflict`` alert (its bytes kept in the alert) and is never overwritten;
+* opens the personal data of a loss report made without the card (``pii``, sealed to its
+  X25519 key, :mod:`agent.wire.pii`), checks it against the sealed ``personal_digest`` and
+  keeps it in ``loss_reports`` (:meth:`ReferenceCentral.loss_reports`, masked by default); a
+  ``pii`` it cannot open or trust is a ``pii_unreadable`` alert, and the record is still
+  stored and acked;
 * stores in SQLite (WAL, ``synchronous=FULL``) and only then acks, batched as seq ranges, on
   ``ssc/v1/<t>/ack``. A record whose MAC does not verify is never acked: an ack would let a
   forger make the terminal drop a genuine record with the same seq;
@@ -29,7 +34,8 @@ It is the simulator the tests and the demo run against and the example for integ
   answered (the terminal stopped waiting long ago); with ``auto_authorize=False`` requests are
   only recorded (``pending``), as for an operator who decides by hand.
 
-The signing key is created (mode 0600) beside the database on first start unless one is given.
+The signing key and the personal-data key are created (mode 0600) beside the database on first
+start unless given (``<db>.signing-key``, ``<db>.pii-key``).
 
 Cost: zcbor's Python validator takes several milliseconds per record, far more than everything
 else central does; ``schema_every=N`` checks every N-th record against the CDDL (1 = every
@@ -53,7 +59,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,11 +68,13 @@ from urllib.parse import urlsplit
 import aiomqtt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import ConfigError, UplinkUnavailableError, WireError
 from agent.journal import Journal
-from agent.journal.codec import GENESIS_HASH
+from agent.journal.codec import GENESIS_HASH, personal_digest
 from agent.journal.store import TransitionTable
+from agent.privacy import mask_card_number, mask_name, mask_ssn
 from agent.profile import CardProfile
 from agent.psam.soft import seal_function
 from agent.uplink import topics
@@ -93,11 +101,13 @@ from agent.wire.codec import (
     Resend,
     split_tx_payload,
 )
+from agent.wire.pii import open_personal
 
 __all__ = [
     "CentralTls",
     "ReferenceCentral",
     "key_id",
+    "load_or_create_pii_key",
     "load_or_create_signing_key",
     "seed_backlog",
 ]
@@ -181,6 +191,16 @@ CREATE TABLE IF NOT EXISTS authorization_requests (
     command_id  BLOB,
     sent        INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loss_reports (
+    terminal    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    tx_id       TEXT NOT NULL,
+    ssn         TEXT NOT NULL,
+    card_number TEXT NOT NULL,
+    name        TEXT,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (terminal, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS commands (
     counter  INTEGER PRIMARY KEY,
     id       BLOB NOT NULL UNIQUE,
@@ -198,9 +218,29 @@ CREATE TABLE IF NOT EXISTS commands (
 # --------------------------------------------------------------------------------------------
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """The Ed25519 command-signing key in ``path`` (PKCS#8 PEM), created 0600 if missing."""
+    key = _load_or_create(path, Ed25519PrivateKey.generate, "signing key")
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"signing key {path} is not an Ed25519 key")
+    return key
+
+
+def load_or_create_pii_key(path: str | os.PathLike[str]) -> X25519PrivateKey:
+    """The X25519 key that opens the personal data of loss reports (``agent.wire.pii``) in
+    ``path`` (PKCS#8 PEM), created 0600 if missing."""
+    key = _load_or_create(path, X25519PrivateKey.generate, "personal-data key")
+    if not isinstance(key, X25519PrivateKey):
+        raise ConfigError(f"personal-data key {path} is not an X25519 key")
+    return key
+
+
+def _load_or_create(
+    path: str | os.PathLike[str],
+    generate: Callable[[], Ed25519PrivateKey | X25519PrivateKey],
+    what: str,
+) -> object:
     p = Path(path)
     if not p.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
+        pem = generate().private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
@@ -216,12 +256,9 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
                 f.flush()
                 os.fsync(f.fileno())
     try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+        return serialization.load_pem_private_key(p.read_bytes(), password=None)
     except (ValueError, TypeError, OSError) as exc:
-        raise ConfigError(f"signing key {p}: {exc.__class__.__name__}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"signing key {p} is not an Ed25519 key")
-    return key
+        raise ConfigError(f"{what} {p}: {exc.__class__.__name__}") from None
 
 
 def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
@@ -238,6 +275,16 @@ def key_id(key: Ed25519PrivateKey) -> bytes:
 def default_key_path(db_path: str | os.PathLike[str]) -> Path:
     """``<db>.signing-key`` beside the database."""
     return Path(f"{db_path}.signing-key")
+
+
+def default_pii_key_path(db_path: str | os.PathLike[str]) -> Path:
+    """``<db>.pii-key`` beside the database."""
+    return Path(f"{db_path}.pii-key")
+
+
+def pii_public_bytes(key: X25519PrivateKey) -> bytes:
+    """The raw X25519 public key, for the agent's ``uplink.central_pii_key`` (hex)."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,6 +396,8 @@ class CentralStore:
         self.auto_authorize = auto_authorize
         self.request_max_age_s = request_max_age_s
         self._tx_seen = 0
+        #: Opens the personal data of loss reports (``ReferenceCentral`` sets it).
+        self.pii_key: X25519PrivateKey | None = None
         self._keys_profile: CardProfile | None = None
         self._seal_keys: dict[str, Callable[[bytes], bytes]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -555,6 +604,7 @@ class CentralStore:
         res = IngestResult()
         now = _now_ms()
         checked: list[tuple[str, ParsedTx | None, bytes, str]] = []
+        personal: dict[tuple[str, int], dict[str, str] | str] = {}
         for topic, payload in items:
             terminal = topics.terminal_of(topic)
             if terminal is None:
@@ -568,6 +618,8 @@ class CentralStore:
                 for one in records:  # a batch's records are checked and stored one by one
                     rec, problem = self._check_tx(terminal, one, profile)
                     checked.append((terminal, rec, one, problem))
+                    if rec is not None and not problem and rec.msg.pii is not None:
+                        personal[(terminal, rec.seq)] = self._open_pii(terminal, rec)
             elif topic.endswith("/event"):
                 checked.append((terminal, None, payload, "event"))
         with self._write() as c:
@@ -582,7 +634,14 @@ class CentralStore:
                     kind, _, detail = problem.partition(":")
                     self._alert(c, kind, detail.strip(), where, payload)
                 else:
-                    self._ingest_tx(c, batch, terminal, rec, payload, now=now, res=res)
+                    stored = self._ingest_tx(c, batch, terminal, rec, payload, now=now, res=res)
+                    opened = personal.get((terminal, rec.seq))
+                    if stored and isinstance(opened, dict):
+                        self._store_loss_report(c, terminal, rec, opened, now)
+                    elif stored and isinstance(opened, str):
+                        # the record is sealed and valid, so it is stored and acked; what it
+                        # says of the citizen cannot be trusted, and someone must look
+                        self._alert(c, "pii_unreadable", opened, (terminal, rec.seq), payload)
             batch.flush()
             for t in sorted(batch.touched):
                 self._advance_chain(c, t)
@@ -606,6 +665,35 @@ class CentralStore:
             return rec, "bad_mac: seal MAC does not verify"
         return rec, ""
 
+    def _open_pii(self, terminal: str, rec: ParsedTx) -> dict[str, str] | str:
+        """The personal data a record carries in ``pii`` (``agent.wire.pii``), checked against
+        the sealed body's ``personal_digest``; or what is wrong with it."""
+        assert rec.msg.pii is not None
+        if self.pii_key is None:
+            return "central has no personal-data key"
+        try:
+            data, salt = open_personal(rec.msg.pii, self.pii_key, terminal, rec.msg.tx_id)
+        except WireError as exc:
+            return exc.message
+        if rec.msg.personal_digest != personal_digest(data, salt):
+            return "pii: the personal data does not match the sealed personal_digest"
+        return data
+
+    def _store_loss_report(
+        self,
+        c: sqlite3.Connection,
+        terminal: str,
+        rec: ParsedTx,
+        data: Mapping[str, str],
+        now: int,
+    ) -> None:
+        c.execute(
+            "INSERT OR IGNORE INTO loss_reports (terminal, seq, tx_id, ssn, card_number, name, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (terminal, rec.seq, rec.msg.tx_id, data["ssn"], data["card_number"],
+             data.get("name"), now),
+        )  # fmt: skip
+
     def _ingest_tx(
         self,
         c: sqlite3.Connection,
@@ -616,7 +704,9 @@ class CentralStore:
         *,
         now: int,
         res: IngestResult,
-    ) -> None:
+    ) -> bool:
+        """Store ``rec`` (``True``) or recognise it as a duplicate or a conflict (``False``);
+        either way it is acked."""
         acks = res.acks.setdefault(terminal, [])
         old = batch.digest_of(terminal, rec.seq)
         if old is not None:
@@ -631,10 +721,11 @@ class CentralStore:
                     (terminal, rec.seq), payload,
                 )  # fmt: skip
             acks.append(rec.seq)
-            return
+            return False
         batch.store(terminal, rec, now)
         res.stored += 1
         acks.append(rec.seq)
+        return True
 
     def _advance_chain(self, c: sqlite3.Connection, terminal: str) -> None:
         """Verify the chain over the contiguous prefix stored since the last call."""
@@ -824,6 +915,7 @@ class ReferenceCentral:
         profile: CardProfile,
         signing_key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
         *,
+        pii_key: X25519PrivateKey | str | os.PathLike[str] | None = None,
         tls: CentralTls | None = None,
         group: str = "central",
         client_id: str | None = None,
@@ -853,6 +945,12 @@ class ReferenceCentral:
             )
         self.key = signing_key
         self.kid = key_id(signing_key)
+        if not isinstance(pii_key, X25519PrivateKey):
+            pii_key = load_or_create_pii_key(
+                pii_key if pii_key is not None else default_pii_key_path(db_path)
+            )
+        self.pii_key = pii_key
+        self.store.pii_key = pii_key
         self._clock = clock
         self._client_now: aiomqtt.Client | None = None
         self._ready = asyncio.Event()
@@ -863,6 +961,11 @@ class ReferenceCentral:
     @property
     def public_key(self) -> bytes:
         return public_key_bytes(self.key)
+
+    @property
+    def pii_public_key(self) -> bytes:
+        """The raw X25519 key terminals seal personal data to (``uplink.central_pii_key``)."""
+        return pii_public_bytes(self.pii_key)
 
     def close(self) -> None:
         self.store.close()
@@ -1092,6 +1195,26 @@ class ReferenceCentral:
             }
             for r in rows
         ]
+
+    def loss_reports(
+        self, terminal: str | None = None, *, show_pii: bool = False
+    ) -> list[dict[str, Any]]:
+        """Loss reports whose personal data arrived (``pii``), masked unless ``show_pii``."""
+        rows = self.store.query(
+            "SELECT terminal, seq, tx_id, ssn, card_number, name, received_at FROM loss_reports "
+            "WHERE (? IS NULL OR terminal = ?) ORDER BY terminal, seq",
+            (terminal, terminal),
+        )
+
+        def shown(value: str | None, mask: Callable[[str], str]) -> str | None:
+            return value if show_pii or not value else mask(value)
+
+        return [
+            {"terminal": t, "seq": seq, "tx_id": tx_id, "ssn": shown(ssn, mask_ssn),
+             "card_number": shown(number, mask_card_number), "name": shown(name, mask_name),
+             "received_at": at}
+            for t, seq, tx_id, ssn, number, name, at in rows
+        ]  # fmt: skip
 
     def alerts(self) -> list[dict[str, Any]]:
         rows = self.store.query(

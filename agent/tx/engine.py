@@ -64,6 +64,7 @@ from agent.errors import (
     PolicyRefusal,
     TransactionInDoubtError,
     UplinkUnavailableError,
+    WireError,
 )
 from agent.ssc.app import CardState, SscApplication
 from agent.ssc.commands import check_pin
@@ -78,6 +79,7 @@ from agent.tx.policy import (
 )
 from agent.tx.ports import BankRequest
 from agent.tx.records import Kind, TxRecord, now_ms
+from agent.wire.pii import check_personal
 
 if TYPE_CHECKING:
     from agent.card.apdu import CardChannel, CommandApdu, ResponseApdu
@@ -703,23 +705,28 @@ class TxEngine:
         idempotency_key: str | None = None,
     ) -> TxRecord:
         """Loss report with the card absent (挂失): accepted online, queued offline (result
-        ``pending``). The ID number, card number and name travel to central in the record's
-        ``personal`` field, encrypted at rest by the journal, never in the sealed body."""
+        ``pending``). The ID number, card number and name are kept in the record's ``personal``
+        field, encrypted at rest by the journal, never in the sealed body (which holds their
+        salted digest); they travel to central sealed to its key (``agent.wire.pii``)."""
         kind = Kind.REPORT_LOSS
         existing = self._existing(kind, idempotency_key)
         if existing is not None:
             return self.outcome(existing)
         if not ssn or not card_number:
             raise LocalProtocolError("a loss report needs the ID number and the card number")
+        personal = {"ssn": ssn, "card_number": card_number}
+        if name:
+            personal["name"] = name
+        try:
+            check_personal(personal)  # what central's sealed copy can hold (agent.wire.pii)
+        except WireError as exc:
+            raise LocalProtocolError(f"loss report: {exc.message.removeprefix('pii: ')}") from None
         now = self.clock()
         online = self.uplink.online
         ctx = Context(now_ms=now, card_id_code=card_id_code)
         decision = decide(kind.value, online, ctx, self.policy)
         if not decision.allowed:
             raise self.refuse(kind, card_id_code, decision.code)
-        personal = {"ssn": ssn, "card_number": card_number}
-        if name:
-            personal["name"] = name
 
         async def write(_: _Progress) -> str:
             return "pending" if decision.pending else "accepted"

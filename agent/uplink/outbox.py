@@ -13,8 +13,11 @@ rule ``tx-record``): the sealed body's fields with ``"mac"`` added, deterministi
 
 Because the journal's body is canonical CBOR, the message without ``"mac"`` is exactly the
 stored bytes, so central recomputes the digest, checks ``prev_hash`` and the MAC without any
-other knowledge (:func:`parse_tx`). Personal data never leaves: the body holds only the salted
-``personal_digest``; the encrypted-at-rest personal fields stay in the journal.
+other knowledge (:func:`parse_tx`). Personal data never leaves in the clear: the body holds
+only the salted ``personal_digest``. A record that has personal data (a loss report made without
+the card) carries it in the message's ``pii`` member, sealed to central's X25519 key
+(``uplink.central_pii_key``, :mod:`agent.wire.pii`); without that key it stays in the journal,
+encrypted at rest, and central learns only that a loss was reported.
 
 Each record's payload is encoded once and cached until it is acked, so a drain wake-up costs a
 journal read, not a re-encode of the whole window. A sealed record the wire codec refuses
@@ -34,12 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from agent.errors import MessageEncodingError
+from agent.errors import MessageEncodingError, WireError
 from agent.journal import Journal, SealedRecord, record_digest
 from agent.uplink.session import OutboxItem
 from agent.wire.cbor import decode_deterministic
 from agent.wire.codec import TxMessage
+from agent.wire.pii import seal_personal
 
 __all__ = ["JournalOutbox", "ParsedTx", "parse_tx", "tx_message", "tx_payload"]
 
@@ -66,16 +71,25 @@ def tx_message(record: SealedRecord) -> TxMessage:
     return TxMessage.from_body(fields, record.mac)
 
 
-def tx_payload(record: SealedRecord) -> bytes:
+def tx_payload(record: SealedRecord, pii_key: X25519PublicKey | None = None) -> bytes:
     """The ``tx`` message of a sealed record, deterministic CBOR (``TxMessage.to_cbor``).
 
     The stored body with the ``mac`` member spliced in (``TxMessage.with_mac``), so what
     central hashes is byte for byte what the security module sealed; the journal stores bodies
     in deterministic encoding (``agent.journal.codec.encode_body``). Its fields are checked
-    against the wire's bounds first (``tx_message``).
+    against the wire's bounds first (``tx_message``). A record with personal data gets its
+    ``pii`` member when central's key is given (:func:`agent.wire.pii.seal_personal`).
     """
-    tx_message(record)
-    return TxMessage.with_mac(record.body, record.mac)
+    msg = tx_message(record)
+    pii = None
+    if record.personal and pii_key is not None:
+        try:
+            pii = seal_personal(
+                record.personal, record.personal_salt, pii_key, msg.terminal_id, msg.tx_id
+            )
+        except WireError as exc:
+            raise MessageEncodingError(f"sealed record {record.seq}: {exc.message}") from None
+    return TxMessage.with_mac(record.body, record.mac, pii)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +137,12 @@ def parse_tx(payload: bytes) -> ParsedTx:
 class JournalOutbox:
     """``Outbox`` over the journal (sync; the session calls it from worker threads)."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, pii_key: X25519PublicKey | None = None) -> None:
         self.journal = journal
+        #: Central's key for personal data (``uplink.central_pii_key``); ``None``: loss reports
+        #: made without the card go without it (logged once per record).
+        self.pii_key = pii_key
+        self._warned: set[int] = set()
         self._sent: list[int] = []
         self._lock = threading.Lock()
         self._payloads: dict[int, bytes] = {}
@@ -136,8 +154,15 @@ class JournalOutbox:
             with self._lock:
                 payload = self._payloads.get(r.seq)
             if payload is None:
+                if r.personal and self.pii_key is None and r.seq not in self._warned:
+                    self._warned.add(r.seq)  # said once; the record still goes
+                    log.warning(
+                        "record %d goes without its personal data: uplink.central_pii_key is "
+                        "not set, so central learns only that a loss was reported",
+                        r.seq,
+                    )
                 try:
-                    payload = tx_payload(r)
+                    payload = tx_payload(r, self.pii_key)
                 except MessageEncodingError as exc:
                     # Sealed but outside the wire's bounds (an upstream bug): it stays in the
                     # outbox, unacked and visible in the journal's stats, and the rest drains.

@@ -417,6 +417,38 @@ _HEX_LOWER = "0123456789abcdef"
 _TX_V_MEMBER = b"\x61v\x01"
 _TX_MAC_MEMBER = b"\x63mac\x48"
 _TX_BODY_AT = 1 + len(_TX_V_MEMBER) + len(_TX_MAC_MEMBER) + 8
+#: "pii" sorts right after "mac" (63 6d… < 63 70… < 63 73 "seq"): when present, it is the third
+#: member, so the body is still one contiguous run of bytes after it.
+_TX_PII_KEY = b"\x63pii"
+#: The ``pii`` member's size bounds (``agent.wire.pii``: HPKE's 32-byte encapsulated key and
+#: 16-byte tag around 40..900 bytes of sealed personal data).
+PII_MIN_SIZE = 32 + 16 + 40
+PII_MAX_SIZE = 32 + 16 + 900
+
+
+def _bstr_head(n: int) -> bytes:
+    """The deterministic head of a byte string of ``n`` bytes (``n`` < 65,536)."""
+    if n < 24:
+        return bytes((0x40 + n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    return b"\x59" + n.to_bytes(2, "big")
+
+
+def _skip_bstr(buf: bytes, at: int) -> int:
+    """The offset after the byte string whose head is at ``at``; ``WireError`` if none is."""
+    head = buf[at] if at < len(buf) else 0
+    if 0x40 <= head < 0x58:
+        n, at = head - 0x40, at + 1
+    elif head == 0x58 and at + 2 <= len(buf):
+        n, at = buf[at + 1], at + 2
+    elif head == 0x59 and at + 3 <= len(buf):
+        n, at = int.from_bytes(buf[at + 1 : at + 3], "big"), at + 3
+    else:
+        raise WireError("not a deterministically encoded tx record")
+    if at + n > len(buf):
+        raise WireError("not a deterministically encoded tx record")
+    return at + n
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,13 +458,15 @@ class TxMessage(Message):
     Exactly the journal's sealed body (``agent.journal.codec.BODY_FIELDS``: same names, types
     and units) plus ``mac``. Times are Unix **milliseconds**; ``tx_id`` is the UUID text form;
     ``card_id_code`` is 32 upper-case hex digits or null (a loss report with the card absent);
-    optional values are present as null, so the key set is fixed. No personal data: a loss
-    report carries only ``personal_digest`` = SHA-256(random salt ‖ canonical CBOR of the
-    personal data), which binds the encrypted-at-rest data to the record but cannot be reversed.
+    optional values are present as null, so the key set is fixed. No personal data in the
+    clear: the body carries ``personal_digest`` = SHA-256(random salt ‖ canonical CBOR of the
+    personal data), which cannot be reversed, and a loss report made without the card carries
+    the data itself in ``pii``, sealed to central's key (``agent.wire.pii``), the one member
+    besides ``mac`` that is not part of the body.
 
-    ``body_cbor()`` is the message without ``mac`` (deterministic CBOR) = the bytes the journal
-    stored and hashed; ``digest()`` = SHA-256 of it, MAC'd by the security module and the next
-    record's ``prev_hash``.
+    ``body_cbor()`` is the message without ``mac`` and ``pii`` (deterministic CBOR) = the bytes
+    the journal stored and hashed; ``digest()`` = SHA-256 of it, MAC'd by the security module
+    and the next record's ``prev_hash``.
     """
 
     RULE: ClassVar[str] = "tx-record"
@@ -454,8 +488,9 @@ class TxMessage(Message):
     idempotency_key: str | None = None
     auth_id: str | None = None
     personal_digest: bytes | None = None
+    pii: bytes | None = None
 
-    #: The keys of the body (the message without ``mac``).
+    #: The keys of the body (the message without ``mac`` and ``pii``).
     BODY_KEYS: ClassVar[frozenset[str]] = frozenset(
         {
             "v", "seq", "prev_hash", "tx_id", "terminal_id", "kind", "outcome", "card_id_code",
@@ -490,6 +525,12 @@ class TxMessage(Message):
             _text(self.auth_id, "auth_id")
         if self.personal_digest is not None:
             _bytes(self.personal_digest, "personal_digest", 32)
+        if self.pii is not None:
+            _bytes(self.pii, "pii", None, PII_MAX_SIZE)
+            if len(self.pii) < PII_MIN_SIZE:
+                _fail(f"pii shorter than {PII_MIN_SIZE} bytes")
+            if self.personal_digest is None:
+                _fail("pii needs the personal_digest that binds it to the record")
 
     @classmethod
     def from_body(cls, fields: Mapping[str, Any], mac: bytes) -> Self:
@@ -531,11 +572,13 @@ class TxMessage(Message):
 
     @staticmethod
     def body_of(cbor: bytes) -> bytes:
-        """The body (the record without ``mac``) cut out of a message's deterministic CBOR.
+        """The body (the record without ``mac`` and ``pii``) cut out of a message's
+        deterministic CBOR.
 
-        Byte for byte ``body_cbor()`` without encoding again: the ``mac`` member is removed and
-        the map header is one smaller. ``cbor`` must be a deterministic encoding of a valid
-        message (``to_cbor()``, or bytes equal to it); anything else raises ``WireError``.
+        Byte for byte ``body_cbor()`` without encoding again: the ``mac`` member (and the
+        ``pii`` member right after it) are removed and the map header is smaller by as many.
+        ``cbor`` must be a deterministic encoding of a valid message (``to_cbor()``, or bytes
+        equal to it); anything else raises ``WireError``.
         """
         head = cbor[0] if cbor else 0
         if (
@@ -544,12 +587,19 @@ class TxMessage(Message):
             or cbor[4 : 4 + len(_TX_MAC_MEMBER)] != _TX_MAC_MEMBER
         ):
             raise WireError("not a deterministically encoded tx record")
-        return bytes((head - 1,)) + cbor[1:4] + cbor[_TX_BODY_AT:]
+        at = _TX_BODY_AT
+        if cbor[at : at + len(_TX_PII_KEY)] == _TX_PII_KEY:
+            at = _skip_bstr(cbor, at + len(_TX_PII_KEY))
+            head -= 1
+            if head <= 0xA1:
+                raise WireError("not a deterministically encoded tx record")
+        return bytes((head - 1,)) + cbor[1:4] + cbor[at:]
 
     @staticmethod
-    def with_mac(body: bytes, mac: bytes) -> bytes:
-        """The message's deterministic CBOR from a body's and its 8-byte ``mac``: the inverse of
-        :meth:`body_of`, without encoding again (``mac`` sorts right after ``v``).
+    def with_mac(body: bytes, mac: bytes, pii: bytes | None = None) -> bytes:
+        """The message's deterministic CBOR from a body's, its 8-byte ``mac`` and, for a record
+        whose personal data goes to central, its ``pii``: the inverse of :meth:`body_of`,
+        without encoding again (``mac`` sorts right after ``v``, ``pii`` right after ``mac``).
 
         ``body`` must be a deterministic encoding of a valid body (``body_cbor()``, or bytes
         equal to it); a body that does not start like one raises ``MessageEncodingError``.
@@ -557,24 +607,37 @@ class TxMessage(Message):
         head = body[0] if body else 0
         if not 0xA0 < head < 0xB7 or body[1:4] != _TX_V_MEMBER or len(mac) != 8:
             raise MessageEncodingError("not a deterministically encoded tx body and MAC")
-        return bytes((head + 1,)) + _TX_V_MEMBER + _TX_MAC_MEMBER + bytes(mac) + body[4:]
+        if pii is None:
+            return bytes((head + 1,)) + _TX_V_MEMBER + _TX_MAC_MEMBER + bytes(mac) + body[4:]
+        if head == 0xB6 or not PII_MIN_SIZE <= len(pii) <= PII_MAX_SIZE:
+            raise MessageEncodingError(f"pii of {len(pii)} bytes is outside the wire's bounds")
+        return b"".join(
+            (
+                bytes((head + 2,)), _TX_V_MEMBER, _TX_MAC_MEMBER, bytes(mac),
+                _TX_PII_KEY, _bstr_head(len(pii)), bytes(pii), body[4:],
+            )
+        )  # fmt: skip
 
     def digest(self) -> bytes:
         """SHA-256 of ``body_cbor()``: the value MAC'd and the next record's ``prev_hash``."""
         return hashlib.sha256(self.body_cbor()).digest()
 
     def to_obj(self) -> dict[str, Any]:
-        return {**self.body_obj(), "mac": self.mac}
+        obj = {**self.body_obj(), "mac": self.mac}
+        if self.pii is not None:
+            obj["pii"] = self.pii
+        return obj
 
     @classmethod
     def _from_obj(cls, obj: Any) -> Self:
-        m = _keys(obj, "tx record", _TX_KEYS)
+        m = _keys(obj, "tx record", _TX_KEYS, _TX_OPTIONAL)
         _uint(m.pop("v"), "v", SCHEMA_VERSION, SCHEMA_VERSION)
         return cls(**m)
 
 
-#: A tx record's keys (``_keys`` takes a set; built once, not per record).
+#: A tx record's keys (``_keys`` takes sets; built once, not per record).
 _TX_KEYS = set(TxMessage.BODY_KEYS) | {"mac"}
+_TX_OPTIONAL = {"pii"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,9 +7,12 @@ The signing key is the RFC 8032 §7.1 TEST 1 secret key: public, for examples on
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.wire import cose
 from agent.wire.cbor import decode, diagnostic
@@ -71,6 +74,29 @@ class Example:
         return diagnostic(decode(self.cbor, max_size=1 << 20, top_tag=top_tag))
 
 
+#: Central's personal-data key in the examples: RFC 7748 §6.1's "Bob" X25519 private key
+#: (public knowledge; never for production).
+EXAMPLE_PII_SECRET = bytes.fromhex(
+    "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"
+)
+#: The example loss report's personal data (a textbook sample ID number) and salt.
+EXAMPLE_PERSONAL = {"ssn": "110101199003071234", "card_number": "A1234567X", "name": "张三"}
+EXAMPLE_SALT = bytes(range(16))
+#: ``seal_personal(EXAMPLE_PERSONAL, EXAMPLE_SALT, <that key's public key>, TERMINAL,
+#: TX_ID_LOSS)``, made once: HPKE is randomised, a document's bytes must not change. It opens
+#: with :data:`EXAMPLE_PII_SECRET` (tests/unit/wire/test_pii.py checks it does).
+EXAMPLE_PII = bytes.fromhex(
+    "9f1eb1dd11849e113b4b42910ec17003073771e28de910354ce85cdca135b87e1c76b1d68d6f422b341cece3"
+    "b2ffba73f611377eeb27f8f1ca306ccb8b7a60fb7d74eae88a6e345303d53873271b3bc1a0d80591713c9ed6"
+    "f9c40e589d1f27177c14529175ebd16721d1d5af08eeba0890ae2ba2dffd24d6d6b77ec03caa1f9935bb4c59"
+    "53f08f5328b8"
+)
+
+
+def example_pii_key() -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(EXAMPLE_PII_SECRET)
+
+
 def example_signing_key() -> Ed25519PrivateKey:
     """The RFC 8032 TEST 1 key (public knowledge; never for production)."""
     return Ed25519PrivateKey.from_private_bytes(_TEST1_SECRET)
@@ -111,10 +137,12 @@ def examples() -> list[Example]:
         mac=MAC,
         reason="holder",
         result="accepted",
-        # SHA-256(salt || CBOR of the personal data): binds, never reveals (values are fake)
-        personal_digest=bytes.fromhex(
-            "a1d0e9782e1cd40c3935a2e48eb8e60da169af5581e3182855055c89fda3e91f"
-        ),
+        # SHA-256(salt || canonical CBOR of the personal data): binds, never reveals
+        personal_digest=hashlib.sha256(
+            EXAMPLE_SALT + cbor2.dumps(EXAMPLE_PERSONAL, canonical=True)
+        ).digest(),
+        # the same data, sealed for central's key alone (agent.wire.pii)
+        pii=EXAMPLE_PII,
     )
     failed = TxMessage(
         terminal_id=TERMINAL,
@@ -150,7 +178,11 @@ def examples() -> list[Example]:
     ]
     out = [
         Example("tx: lock, card present, offline", "tx-record", lock.to_cbor()),
-        Example("tx: report_loss, card absent (no personal data)", "tx-record", loss.to_cbor()),
+        Example(
+            "tx: report_loss, card absent (personal data sealed for central: pii)",
+            "tx-record",
+            loss.to_cbor(),
+        ),
         Example("tx: failed PIN unblock", "tx-record", failed.to_cbor()),
         Example(
             "tx-batch: the lock and the report_loss records in one message",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -19,18 +20,28 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from agent.journal import Journal
+from agent.journal import Journal, SealedRecord
 from agent.profile import CardProfile, load_profile
+from agent.psam.soft import seal_function
 from agent.sim.central import CentralStore, CentralTls, ReferenceCentral, seed_backlog
 from agent.testing.mosquitto import Mosquitto
 from agent.tx.machine import TABLE
+from agent.tx.records import Kind, TxRecord
 from agent.uplink.mqtt import connection
 from agent.uplink.outbox import JournalOutbox, parse_tx, tx_payload
 from agent.uplink.session import TlsFiles, UplinkSession, UplinkSettings, drain_once
 from agent.wire import schema
 from agent.wire.cbor import decode, encode
-from agent.wire.codec import StatusMessage, ack_ranges, encode_tx_batch, split_tx_payload
+from agent.wire.codec import (
+    StatusMessage,
+    TxMessage,
+    ack_ranges,
+    encode_tx_batch,
+    split_tx_payload,
+)
+from agent.wire.pii import seal_personal
 
 T = "440300907950"
 U = "440300907951"
@@ -306,3 +317,110 @@ def test_store_a_malformed_batch_is_one_alert_and_nothing_stored(
     assert (res.acks, res.stored, res.rejected) == ({}, 0, 1)
     assert [r[0] for r in store.query("SELECT kind FROM alerts")] == ["malformed"]
     store.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A loss report's personal data (pii)
+# --------------------------------------------------------------------------------------------
+PERSONAL = {"ssn": "440301199001011234", "card_number": "A12345678", "name": "张三"}
+
+
+def _loss_report(path: Path, profile: CardProfile, personal: dict[str, str]) -> SealedRecord:
+    """A loss report made without the card, sealed with the terminal's (simulated) PSAM."""
+    j = _journal(path)
+    rec = TxRecord(
+        kind=Kind.REPORT_LOSS, terminal_id=T, card_id_code=None, offline=True, reason="holder",
+        personal=personal,
+    )  # fmt: skip
+    j.create_intent(rec)
+    j.transition(rec.tx_id, "card_confirmed", result="pending")
+    j.seal(rec.tx_id, seal_function(profile, bytes.fromhex(T)))
+    [sealed] = j.unacked(0, 10)
+    j.close()
+    return sealed
+
+
+def _central_at(tmp_path: Path, profile: CardProfile) -> ReferenceCentral:
+    return ReferenceCentral("mqtt://127.0.0.1:1", tmp_path / "central.db", profile)
+
+
+def test_store_opens_a_loss_reports_personal_data_and_shows_it_masked(
+    tmp_path: Path, profile: CardProfile
+) -> None:
+    central = _central_at(tmp_path, profile)
+    sealed = _loss_report(tmp_path / "j.db", profile, PERSONAL)
+    key = central.pii_key.public_key()
+    res = central.store.ingest(_tx([tx_payload(sealed, key)], 1), profile)
+    assert (res.stored, res.acks) == (1, {T: [1]})
+    # sent again after a lost ack: another box, the same record: a duplicate, one report
+    res = central.store.ingest(_tx([tx_payload(sealed, key)], 1), profile)
+    assert (res.duplicates, res.acks) == (1, {T: [1]})
+    [shown] = central.loss_reports()
+    assert (shown["terminal"], shown["seq"], shown["tx_id"]) == (T, 1, sealed.tx_id)
+    assert (shown["ssn"], shown["card_number"], shown["name"]) == (
+        "440301********1234", "*****5678", "张*",
+    )  # fmt: skip
+    [full] = central.loss_reports(T, show_pii=True)
+    assert {k: full[k] for k in PERSONAL} == PERSONAL
+    assert central.alerts() == []
+    central.close()
+
+
+@pytest.mark.parametrize("flaw", ["other-key", "other-data"])
+def test_store_keeps_and_acks_a_record_whose_pii_it_cannot_trust_and_alerts(
+    tmp_path: Path, profile: CardProfile, flaw: str
+) -> None:
+    """Sealed to another key, or holding other data than the sealed digest names: the record
+    itself is valid (stored and acked: the terminal must not resend it for ever), no loss
+    report is taken from it, and an operator is alerted."""
+    central = _central_at(tmp_path, profile)
+    sealed = _loss_report(tmp_path / "j.db", profile, PERSONAL)
+    if flaw == "other-key":
+        payload = tx_payload(sealed, X25519PrivateKey.generate().public_key())
+        expected = "pii: does not open with central's key for this record"
+    else:  # central's key and this record, but not the data the sealed digest names
+        box = seal_personal(
+            {**PERSONAL, "card_number": "B87654321"}, bytes(16),
+            central.pii_key.public_key(), T, sealed.tx_id,
+        )  # fmt: skip
+        payload = TxMessage.with_mac(sealed.body, sealed.mac, box)
+        expected = "pii: the personal data does not match the sealed personal_digest"
+    res = central.store.ingest(_tx([payload], 1), profile)
+    assert (res.stored, res.rejected, res.acks) == (1, 0, {T: [1]})
+    assert [(a["kind"], a["seq"], a["detail"]) for a in central.alerts()] == [
+        ("pii_unreadable", 1, expected)
+    ]
+    assert central.loss_reports() == []
+    assert central.records()[0]["kind"] == "report_loss"
+    central.close()
+
+
+@pytest.mark.mqtt
+async def test_a_loss_report_reaches_central_whole_through_the_cli(
+    tmp_path: Path, profile: CardProfile, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``central pubkey`` gives the key, ``uplink drain --pii-key`` sends with it, and
+    ``central loss-reports`` shows the report, masked; the broker only ever saw ciphertext."""
+    from agent.cli import main
+
+    state = tmp_path / "state"
+    state.mkdir()
+    sealed = _loss_report(state / "journal.db", profile, PERSONAL)
+    db = str(tmp_path / "central.db")
+    with Mosquitto(tmp_path / "mq") as broker:
+        assert await asyncio.to_thread(main, ["central", "pubkey", "--db", db]) == 0
+        keys = json.loads(capsys.readouterr().out)
+        central = ReferenceCentral(broker.url, db, profile)
+        async with running(central):
+            args = ["uplink", "drain", "--state-dir", str(state), "--broker", broker.url,
+                    "--pii-key", keys["pii_key"], "--timeout", "20", "--json"]  # fmt: skip
+            assert await asyncio.to_thread(main, args) == 0
+        assert json.loads(capsys.readouterr().out) == {"sent": 1, "acked": 1, "remaining": 0}
+        assert await asyncio.to_thread(main, ["central", "loss-reports", "--db", db, "--json"]) == 0
+        [report] = json.loads(capsys.readouterr().out)
+    assert (report["seq"], report["tx_id"], report["ssn"]) == (
+        1,
+        sealed.tx_id,
+        "440301********1234",
+    )
+    assert PERSONAL["ssn"] not in json.dumps(report)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.demo import DEMO_LOSS
+
 pytestmark = pytest.mark.mqtt
 
 EXE = Path(sys.executable).with_name("ssc-agent")
@@ -26,7 +28,7 @@ def test_demo_json_every_step_goes_as_told(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     steps = [x for x in lines if x["type"] == "step"]
     assert res.returncode == 0, [s for s in steps if not s["ok"]] or res.stderr[-2000:]
-    assert [s["step"] for s in steps] == list(range(1, 12))
+    assert [s["step"] for s in steps] == list(range(1, 13))
     assert all(s["ok"] for s in steps)
     events = {x["event"] for x in lines if x["type"] == "event"}
     assert {
@@ -40,9 +42,15 @@ def test_demo_json_every_step_goes_as_told(tmp_path: Path) -> None:
     } <= events
     assert lines[-1]["type"] == "summary"
     assert lines[-1]["ok"] is True
-    assert len(list((state / "receipts").glob("*.png"))) == 4
-    # personal data never appears unmasked in the output
+    # activate, lock, report_loss, unlock, auto_lock
+    assert len(list((state / "receipts").glob("*.png"))) == 5
+    # personal data never appears unmasked in the output, the log or the receipts; the loss
+    # report's reached central (the last step checks it opened there and shows it masked)
     assert "holder" not in res.stdout or "*" in res.stdout
+    texts = [res.stdout, res.stderr, (state / "agent.log").read_text(encoding="utf-8")]
+    texts += [p.read_text(encoding="utf-8") for p in (state / "receipts").glob("*.txt")]
+    for value in DEMO_LOSS.values():
+        assert not any(value in text for text in texts), value
 
 
 def test_demo_refuses_a_used_state_dir(tmp_path: Path) -> None:

@@ -386,6 +386,25 @@ async def test_report_loss_offline_is_pending_and_personal_data_stays_out_of_the
         await t.engine.report_loss("", "A1234567X")
 
 
+@pytest.mark.parametrize(
+    ("ssn", "number", "name", "message"),
+    [
+        ("1" * 33, "A1234567X", None, "ssn must be text of 1..32"),
+        ("110101199003071234", "9" * 33, None, "card_number must be text of 1..32"),
+        ("110101199003071234", "A1234567X", "名" * 65, "name must be text of 1..64"),
+    ],
+)
+async def test_a_loss_report_central_could_not_be_sent_is_refused_before_it_is_journaled(
+    ssn: str, number: str, name: str | None, message: str
+) -> None:
+    """What the sealed copy for central cannot hold is refused at once, so no record is ever
+    journaled that could not reach central whole."""
+    t = Terminal()
+    with pytest.raises(LocalProtocolError, match=message):
+        await t.engine.report_loss(ssn, number, name)
+    assert t.kinds() == []
+
+
 async def test_bank_activation_is_online_only() -> None:
     t = Terminal()
     t.bank_applet().blocked = True

@@ -1,5 +1,6 @@
 """The journal as outbox: every sealed record goes out as a ``TxMessage`` and comes back, at
-central, as the exact sealed bytes (DESIGN §4-5); no personal data on the wire."""
+central, as the exact sealed bytes (DESIGN §4-5); no personal data in the clear on the wire, and
+a loss report's personal data sealed for central's key alone."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import WireError
 from agent.journal import Journal, SealedRecord
+from agent.journal.codec import personal_digest
 from agent.tx.machine import TABLE
 from agent.tx.records import Kind, TxRecord
 from agent.uplink.outbox import JournalOutbox, parse_tx, tx_message, tx_payload
 from agent.wire import schema
 from agent.wire.codec import TxMessage
+from agent.wire.pii import open_personal
 
 T = "440300907950"
 SSN = "110101199003071234"
@@ -84,6 +88,43 @@ def test_loss_report_sends_no_personal_data(journal: Journal) -> None:
     obj = cbor2.loads(payload)
     assert obj["card_id_code"] is None
     assert len(obj["personal_digest"]) == 32
+
+
+def test_with_centrals_key_a_loss_report_carries_its_personal_data_sealed(
+    journal: Journal,
+) -> None:
+    """Only central's key opens it, as the data the sealed personal_digest names; the other
+    records carry nothing extra, and the plain text is nowhere in the message."""
+    key = X25519PrivateKey.generate()
+    lock, loss, unblock = _mixed(journal)
+    box = JournalOutbox(journal, key.public_key())
+    payloads = {i.seq: i.payload for i in box.pending(0, 10)}
+    for plain in (lock, unblock):
+        assert payloads[plain.seq] == tx_payload(plain)
+    rec = parse_tx(payloads[loss.seq])
+    assert rec.body == loss.body  # the sealed bytes, pii cut out
+    assert rec.msg.pii is not None
+    schema.validate("tx-record", rec.obj)
+    data, salt = open_personal(rec.msg.pii, key, T, loss.tx_id)
+    assert data == {"ssn": SSN, "card_number": CARD_NUMBER, "name": "张三"}
+    assert personal_digest(data, salt) == rec.msg.personal_digest
+    for secret in (SSN, CARD_NUMBER, "张三"):
+        assert secret.encode() not in payloads[loss.seq]
+    with pytest.raises(WireError):
+        open_personal(rec.msg.pii, X25519PrivateKey.generate(), T, loss.tx_id)
+
+
+def test_without_centrals_key_a_loss_report_goes_without_it_and_says_so_once(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    loss = _mixed(journal)[1]
+    box = JournalOutbox(journal)
+    for _ in range(2):
+        items = {i.seq: i.payload for i in box.pending(0, 10)}
+        assert "pii" not in cbor2.loads(items[loss.seq])
+    warned = [r for r in caplog.records if "central_pii_key" in r.getMessage()]
+    assert len(warned) == 1
+    assert SSN not in warned[0].getMessage()
 
 
 def test_parse_tx_refuses_non_deterministic_and_foreign_messages(journal: Journal) -> None:

@@ -50,6 +50,11 @@ def tx_messages(draw: st.DrawFn) -> codec.TxMessage:
         return draw(st.none() | strategy)
 
     created = draw(epochs_ms)
+    digest = maybe(st.binary(min_size=32, max_size=32))
+    # a loss report's sealed personal data (opaque to the codec; agent.wire.pii makes it)
+    pii = None
+    if digest is not None:
+        pii = maybe(st.binary(min_size=codec.PII_MIN_SIZE, max_size=codec.PII_MAX_SIZE))
     return codec.TxMessage(
         terminal_id=draw(terminals),
         seq=draw(st.integers(1, 2**64 - 1)),
@@ -69,7 +74,8 @@ def tx_messages(draw: st.DrawFn) -> codec.TxMessage:
             st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 128)
         ),
         auth_id=maybe(uuids.map(bytes.hex)),
-        personal_digest=maybe(st.binary(min_size=32, max_size=32)),
+        personal_digest=digest,
+        pii=pii,
     )
 
 

@@ -76,10 +76,18 @@ def test_extra_or_missing_keys_are_wire_errors(
     extra = dict(obj, zz_extra=1)
     with pytest.raises(WireError, match="unexpected"):
         cls.from_cbor(cbor2.dumps(extra))
-    key = data.draw(st.sampled_from(sorted(obj)))
+    optional = OPTIONAL_KEYS.get(cls, set())
+    key = data.draw(st.sampled_from(sorted(set(obj) - optional)))
     missing = {k: v for k, v in obj.items() if k != key}
     with pytest.raises(WireError):
         cls.from_cbor(cbor2.dumps(missing))
+    for key in optional & set(obj):  # an optional member may be left out, and only that changes
+        without = cls.from_cbor(cbor2.dumps({k: v for k, v in obj.items() if k != key}))
+        assert without == dataclasses.replace(cls.from_obj(obj), **{key: None})
+
+
+#: Members a message may leave out (every other one must be present, null or not).
+OPTIONAL_KEYS: dict[type, set[str]] = {codec.TxMessage: {"pii"}}
 
 
 WRONG_VALUES = [True, -1, 2**64, "x", b"x", None, [], {}, 1.5]
@@ -210,7 +218,60 @@ def test_body_of_cuts_the_exact_body_out_of_the_message(msg: codec.TxMessage) ->
 @settings(max_examples=100)
 def test_with_mac_splices_the_mac_into_the_body(msg: codec.TxMessage) -> None:
     """The inverse of ``body_of``: the message's own deterministic encoding."""
-    assert codec.TxMessage.with_mac(msg.body_cbor(), msg.mac) == msg.to_cbor()
+    assert codec.TxMessage.with_mac(msg.body_cbor(), msg.mac, msg.pii) == msg.to_cbor()
+
+
+def _with_pii(size: int) -> codec.TxMessage:
+    return dataclasses.replace(
+        GOOD_TX, kind="report_loss", card_id_code=None, personal_digest=bytes(range(32)),
+        pii=bytes(size),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [codec.PII_MIN_SIZE, 255, 256, codec.PII_MAX_SIZE])
+def test_pii_is_the_third_member_and_never_part_of_the_body(size: int) -> None:
+    """Both byte-string heads (one and two length bytes) splice and cut out exactly."""
+    msg = _with_pii(size)
+    raw = msg.to_cbor()
+    assert list(cbor2.loads(raw))[:4] == ["v", "mac", "pii", "seq"]
+    assert codec.TxMessage.body_of(raw) == msg.body_cbor() == _with_pii(size).body_cbor()
+    assert "pii" not in cbor2.loads(msg.body_cbor())
+    assert codec.TxMessage.with_mac(msg.body_cbor(), msg.mac, msg.pii) == raw
+    assert codec.TxMessage.from_cbor(raw, validate=True) == msg
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pii": bytes(codec.PII_MIN_SIZE - 1)}, "pii shorter"),
+        ({"pii": bytes(codec.PII_MAX_SIZE + 1)}, "pii longer"),
+        ({"pii": "sealed"}, "pii must be a byte string"),
+        ({"personal_digest": None}, "pii needs the personal_digest"),
+    ],
+)
+def test_pii_outside_its_bounds_or_unbound_is_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(MessageEncodingError, match=message):
+        dataclasses.replace(_with_pii(100), **change)
+    raw = cbor2.loads(_with_pii(100).to_cbor())
+    raw.update(change)
+    with pytest.raises(WireError):
+        codec.TxMessage.from_cbor(cbor2.dumps(raw, canonical=True))
+
+
+def test_with_mac_refuses_a_pii_outside_its_bounds() -> None:
+    for size in (codec.PII_MIN_SIZE - 1, codec.PII_MAX_SIZE + 1):
+        with pytest.raises(MessageEncodingError, match="pii"):
+            codec.TxMessage.with_mac(GOOD_TX.body_cbor(), GOOD_TX.mac, bytes(size))
+
+
+@pytest.mark.parametrize(
+    "cut", [1, 2, 3, 50], ids=["head-only", "one-length-byte", "short", "truncated-content"]
+)
+def test_body_of_refuses_a_truncated_pii_member(cut: int) -> None:
+    raw = _with_pii(300).to_cbor()
+    at = raw.index(b"\x63pii") + 4
+    with pytest.raises(WireError):
+        codec.TxMessage.body_of(raw[: at + cut])
 
 
 @pytest.mark.parametrize(
