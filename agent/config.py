@@ -300,6 +300,11 @@ _VALIDATORS: dict[str, typing.Callable[[Any], str | None]] = {
     "uplink.reconnect_min_s": lambda v: None if v > 0 else "must be positive",
     "uplink.reconnect_max_s": lambda v: None if v > 0 else "must be positive",
     "journal.retention_days": lambda v: None if v >= 1 else "at least 1",
+    "uplink.central_pii_key": lambda v: (
+        None
+        if v == "" or re.fullmatch(r"[0-9A-Fa-f]{64}", v)
+        else "central's X25519 public key, 64 hex digits (ssc-agent central pubkey: pii_key)"
+    ),
 }
 
 

@@ -126,6 +126,24 @@ def test_uplink_batch_max_bounds(value: int, ok: bool) -> None:
         assert [i.key for i in ei.value.issues] == ["uplink.batch_max"]
 
 
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("", True), ("de9e" * 16, True), ("DE9E" * 16, True), ("de9e" * 15, False),
+     ("de9e" * 16 + "00", False), ("zz" * 32, False), (" " + "de9e" * 16, False)],
+)  # fmt: skip
+def test_central_pii_key_is_64_hex_digits_or_empty(value: str, ok: bool) -> None:
+    """A key the agent could not seal to is refused when the file is read, not when the first
+    loss report is sent."""
+    text = f'[uplink]\ncentral_pii_key = "{value}"\n'
+    if ok:
+        assert parse_config(text, env={}).uplink.central_pii_key == value
+    else:
+        with pytest.raises(ConfigErrors) as ei:
+            parse_config(text, env={})
+        assert [i.key for i in ei.value.issues] == ["uplink.central_pii_key"]
+        assert "64 hex digits" in ei.value.issues[0].message
+
+
 def test_batch_limit_is_the_wire_limit() -> None:
     from agent.config import TX_BATCH_LIMIT
     from agent.wire.codec import TX_BATCH_MAX
