@@ -113,17 +113,24 @@ def test_relative_serial_printer_resolves_against_config_dir(tmp_path: Path) -> 
     assert absolute.printer_device_url == "serial:///dev/ttyUSB0"
 
 
+def _uplink_key(key: str, toml_value: str, ok: bool, expected: object) -> str:
+    """Parse ``[uplink] key = toml_value``: the value when ``ok``, else the one issue's
+    message (the issue must name exactly that key)."""
+    text = f"[uplink]\n{key} = {toml_value}\n"
+    if ok:
+        assert getattr(parse_config(text, env={}).uplink, key) == expected
+        return ""
+    with pytest.raises(ConfigErrors) as ei:
+        parse_config(text, env={})
+    assert [i.key for i in ei.value.issues] == [f"uplink.{key}"]
+    return ei.value.issues[0].message
+
+
 @pytest.mark.parametrize(
     ("value", "ok"), [(1, True), (32, True), (64, True), (0, False), (65, False)]
 )
 def test_uplink_batch_max_bounds(value: int, ok: bool) -> None:
-    text = f"[uplink]\nbatch_max = {value}\n"
-    if ok:
-        assert parse_config(text, env={}).uplink.batch_max == value
-    else:
-        with pytest.raises(ConfigErrors) as ei:
-            parse_config(text, env={})
-        assert [i.key for i in ei.value.issues] == ["uplink.batch_max"]
+    _uplink_key("batch_max", str(value), ok, value)
 
 
 @pytest.mark.parametrize(
@@ -134,14 +141,8 @@ def test_uplink_batch_max_bounds(value: int, ok: bool) -> None:
 def test_central_pii_key_is_64_hex_digits_or_empty(value: str, ok: bool) -> None:
     """A key the agent could not seal to is refused when the file is read, not when the first
     loss report is sent."""
-    text = f'[uplink]\ncentral_pii_key = "{value}"\n'
-    if ok:
-        assert parse_config(text, env={}).uplink.central_pii_key == value
-    else:
-        with pytest.raises(ConfigErrors) as ei:
-            parse_config(text, env={})
-        assert [i.key for i in ei.value.issues] == ["uplink.central_pii_key"]
-        assert "64 hex digits" in ei.value.issues[0].message
+    message = _uplink_key("central_pii_key", f'"{value}"', ok, value)
+    assert ok or "64 hex digits" in message
 
 
 def test_batch_limit_is_the_wire_limit() -> None:
