@@ -242,7 +242,7 @@ def _payloads(state: Path, n: int) -> list[bytes]:
     return payloads
 
 
-def _cpu_sum(splits: list[dict[str, float]], rounds: int) -> dict[str, float]:
+def _cpu_mean(splits: list[dict[str, float]], rounds: int) -> dict[str, float]:
     return {k: round(sum(s[k] for s in splits) / rounds) for k in splits[0]}
 
 
@@ -333,8 +333,8 @@ def main() -> None:
                 "ratio_rounds": [round(x, 3) for x in pair_ratios],
                 "ratio_goal": 0.5,
                 "cpu_us_per_record": {
-                    "drain": _cpu_sum(drain_cpus, rounds),
-                    "raw": _cpu_sum(raw_cpus, rounds),
+                    "drain": _cpu_mean(drain_cpus, rounds),
+                    "raw": _cpu_mean(raw_cpus, rounds),
                     "cores": os.cpu_count(),
                 },
                 "opt_in_batches": {

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import cbor2
 
 from agent.errors import RecordFormatError
+from agent.wire import pii
 
 BODY_VERSION = 1
 GENESIS_HASH = bytes(32)
@@ -121,7 +122,7 @@ def personal_digest(personal: Mapping[str, str], salt: bytes) -> bytes:
     """Binds the personal data sent beside a body to it (see module docstring)."""
     if len(salt) != 16:
         raise RecordFormatError("personal-data salt must be 16 bytes")
-    return hashlib.sha256(salt + cbor2.dumps(dict(personal), canonical=True)).digest()
+    return pii.personal_digest(personal, salt)
 
 
 class BodySource(Protocol):

@@ -72,7 +72,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.errors import ConfigError, UplinkUnavailableError, WireError
 from agent.journal import Journal
-from agent.journal.codec import GENESIS_HASH, personal_digest
+from agent.journal.codec import GENESIS_HASH
 from agent.journal.store import TransitionTable
 from agent.privacy import mask_card_number, mask_name, mask_ssn
 from agent.profile import CardProfile
@@ -101,7 +101,7 @@ from agent.wire.codec import (
     Resend,
     split_tx_payload,
 )
-from agent.wire.pii import open_personal
+from agent.wire.pii import open_personal, personal_digest
 
 __all__ = [
     "CentralTls",

@@ -7,10 +7,8 @@ The signing key is the RFC 8032 §7.1 TEST 1 secret key: public, for examples on
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -38,6 +36,7 @@ from agent.wire.codec import (
     TxMessage,
     encode_tx_batch,
 )
+from agent.wire.pii import personal_digest
 
 __all__ = ["EXAMPLE_KID", "Example", "example_signing_key", "examples"]
 
@@ -138,9 +137,7 @@ def examples() -> list[Example]:
         reason="holder",
         result="accepted",
         # SHA-256(salt || canonical CBOR of the personal data): binds, never reveals
-        personal_digest=hashlib.sha256(
-            EXAMPLE_SALT + cbor2.dumps(EXAMPLE_PERSONAL, canonical=True)
-        ).digest(),
+        personal_digest=personal_digest(EXAMPLE_PERSONAL, EXAMPLE_SALT),
         # the same data, sealed for central's key alone (agent.wire.pii)
         pii=EXAMPLE_PII,
     )

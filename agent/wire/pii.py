@@ -23,6 +23,7 @@ central dedupes by, is the same. Everything that fails is :class:`agent.errors.W
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import cbor2
@@ -40,6 +41,7 @@ __all__ = [
     "PII_MIN_SIZE",
     "check_personal",
     "open_personal",
+    "personal_digest",
     "pii_public_key",
     "seal_personal",
 ]
@@ -54,6 +56,12 @@ _REQUIRED = frozenset({"ssn", "card_number"})
 
 def _info(terminal: str, tx_id: str) -> bytes:
     return b"\x00".join((_INFO, terminal.encode(), tx_id.encode()))
+
+
+def personal_digest(personal: Mapping[str, str], salt: bytes) -> bytes:
+    """``SHA-256(salt ‖ canonical CBOR(personal))``: the sealed body's ``personal_digest``, which
+    binds a box's data to its record (``agent.journal.codec`` seals it, central checks it)."""
+    return hashlib.sha256(bytes(salt) + cbor2.dumps(dict(personal), canonical=True)).digest()
 
 
 def check_personal(personal: object) -> dict[str, str]:
