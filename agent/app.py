@@ -55,6 +55,7 @@ from agent.errors import (
     TransactionInDoubtError,
     UplinkUnavailableError,
 )
+from agent.logs import set_apdu_trace, set_level
 from agent.systemd import Notifier, watchdog_interval_s
 
 if TYPE_CHECKING:
@@ -673,6 +674,8 @@ class App:
             )
         else:
             self.health.set("journal", HealthState.OK)
+        cfg = self.config = await asyncio.to_thread(self._with_central_settings, cfg)
+        set_apdu_trace(cfg.log.trace_apdus)
         if psam.scheme == "sim":
             assert self.rig is not None
             self.sam = self.rig.sam
@@ -896,28 +899,67 @@ class App:
         self.emit(kind, dict(data))
 
     async def _on_command_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "config_changed":
-            self._apply_setting(str(data.get("key")), data.get("value"))
         self.emit(kind, {k: (v.hex() if isinstance(v, bytes) else v) for k, v in data.items()})
 
-    def _apply_setting(self, key: str, value: Any) -> None:
+    def _with_central_settings(self, cfg: AgentConfig) -> AgentConfig:
+        """The config file with central's ``config_set`` values laid over it: central's last
+        word outlives a restart (``CentralSettings``, kept in the journal). Each one is logged,
+        so whoever reads the file and the logs sees why a value differs."""
+        from agent.config import setting_value, with_settings
+        from agent.uplink.commands import CentralSettings
+
+        held = CentralSettings(self.journal).load()
+        if not held:
+            return cfg
+        new, issues = with_settings(cfg, held)
+        refused = {i.key for i in issues}
+        for key in sorted(held):
+            if key in refused:
+                continue
+            log.info(
+                "%s = %r, set by central (the config file says %r); "
+                "ssc-agent config central --clear forgets it",
+                key, setting_value(new, key), setting_value(cfg, key),
+            )  # fmt: skip
+        for issue in issues:
+            log.error("setting %s from central ignored: %s", issue.key, issue.message)
+        if "log.level" in held and "log.level" not in refused:
+            set_level(new.log.level)
+        return new
+
+    def _apply_setting(self, key: str, value: str | int | bool) -> str:
+        """Central's ``config_set`` (already kept in the journal): apply it to the running agent
+        and say when it takes effect (``agent.uplink.commands.APPLIES``)."""
+        from agent.config import setting_value, with_settings
         from agent.tx.policy import PolicyConfig
 
-        if key == "log.level" and isinstance(value, str):
-            logging.getLogger().setLevel(5 if value.upper() == "TRACE" else value.upper())
-            return
-        p = self.config.policy
-        settings = {
-            "activate_offline_max_per_day": p.activate_offline_max_per_day,
-            "activate_offline_max_age_h": p.activate_offline_max_age_h,
-            "report_loss_offline": p.report_loss_offline,
-        }
-        name = key.removeprefix("policy.")
-        if key.startswith("policy.") and name in settings:
-            settings[name] = value
-            self.engine.policy = PolicyConfig.from_settings(**settings)  # type: ignore[arg-type]
-            return
-        log.info("setting %s from central applies after a restart", key)
+        new, issues = with_settings(self.config, {key: value})
+        if issues:
+            log.error("setting %s from central refused: %s", key, issues[0].message)
+            return "refused"
+        self.config = new
+        log.info("%s = %r, set by central", key, setting_value(new, key))
+        if key == "log.level":
+            set_level(new.log.level)
+        elif key == "log.trace_apdus":
+            set_apdu_trace(new.log.trace_apdus)
+        elif key.startswith("policy."):
+            p = new.policy
+            self.engine.policy = PolicyConfig.from_settings(
+                activate_offline_max_per_day=p.activate_offline_max_per_day,
+                activate_offline_max_age_h=p.activate_offline_max_age_h,
+                report_loss_offline=p.report_loss_offline,
+            )
+        elif key == "journal.retention_days":
+            pass  # the next prune reads self.config
+        elif key == "uplink.backlog_rate" and self.session is not None:
+            self.session.retune(backlog_rate=new.uplink.backlog_rate)
+        elif key == "uplink.inflight_window" and self.session is not None:
+            self.session.retune(window=new.uplink.inflight_window)
+            return "next_connection"
+        else:
+            return "restart"
+        return "now"
 
     async def _uplink_task(self) -> None:
         from agent.uplink.commands import CommandHandler, EventReporter
@@ -1000,6 +1042,7 @@ class App:
                     if isinstance(self.uplink_port, OfflineUplink)
                     else self.uplink_port.answered
                 ),
+                on_setting=self._apply_setting,
             )
             session._on_command = on_command  # set after the session exists
         else:

@@ -292,7 +292,8 @@ _VALIDATORS: dict[str, typing.Callable[[Any], str | None]] = {
         else "loopback only: 127.0.0.1:PORT"
     ),
     "api.max_frame": lambda v: None if 1024 <= v <= 16 * 1024 * 1024 else "1024..16777216",
-    "uplink.inflight_window": lambda v: None if 1 <= v <= 1000 else "1..1000",
+    # 1..1024: what central may set with config_set (messages.cddl set-inflight-window)
+    "uplink.inflight_window": lambda v: None if 1 <= v <= 1024 else "1..1024",
     "uplink.batch_max": lambda v: None if 1 <= v <= TX_BATCH_LIMIT else f"1..{TX_BATCH_LIMIT}",
     "uplink.backlog_rate": lambda v: None if v > 0 else "must be positive",
     "uplink.ack_timeout_s": lambda v: None if v > 0 else "must be positive",
@@ -440,6 +441,55 @@ def _cross_checks(cfg: AgentConfig, lines: dict[str, int], source: str) -> None:
         )
     if issues:
         raise ConfigErrors(issues, source)
+
+
+def setting_value(config: AgentConfig, key: str) -> Any:
+    """The value of a dotted ``section.key`` setting (``KeyError`` if there is no such key)."""
+    section, _, name = key.partition(".")
+    if section not in _SECTIONS or name not in _field_names(_SECTIONS[section]):
+        raise KeyError(key)
+    return getattr(getattr(config, section), name)
+
+
+def with_settings(
+    config: AgentConfig, settings: typing.Mapping[str, Any]
+) -> tuple[AgentConfig, list[ConfigIssue]]:
+    """``config`` with dotted ``section.key`` settings applied, each checked exactly as the same
+    key in the file is (type, then validator): central's ``config_set`` (docs/MESSAGES.md
+    "Settings from central"). A setting that fails is left out and listed; the others apply."""
+    issues: list[ConfigIssue] = []
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        cls = _SECTIONS.get(section)
+        if cls is None or name not in _field_names(cls):
+            issues.append(ConfigIssue(key, "unknown key", None))
+            continue
+        try:
+            conv = _coerce(value, typing.get_type_hints(cls)[name])
+        except TypeError as e:
+            issues.append(ConfigIssue(key, str(e), None))
+            continue
+        check = _VALIDATORS.get(key)
+        if check is not None and (msg := check(conv)):
+            issues.append(ConfigIssue(key, msg, None))
+            continue
+        changes.setdefault(section, {})[name] = conv
+    sections = {
+        sec: dataclasses.replace(getattr(config, sec), **values) for sec, values in changes.items()
+    }
+    return dataclasses.replace(config, **sections), issues
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(AgentConfig)[f.name]
+    for f in dataclasses.fields(AgentConfig)
+    if f.name != "base_dir"
+}
 
 
 def load_config(path: str | Path, *, env: typing.Mapping[str, str] | None = None) -> AgentConfig:

@@ -71,15 +71,50 @@ def setup_logging(
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The root logger's level by name (``TRACE`` included); at run time too (``config_set``)."""
     lvl = TRACE if level.upper() == "TRACE" else getattr(logging, level.upper(), logging.INFO)
-    root.setLevel(lvl)
+    logging.getLogger().setLevel(lvl)
 
 
-def trace_apdu(logger: logging.Logger, direction: str, raw: bytes) -> None:
-    """Log one APDU at TRACE; PIN-bearing commands (VERIFY, CHANGE/RELOAD PIN) are blanked."""
-    if not logger.isEnabledFor(TRACE):
-        return
+#: ``log.trace_apdus``: card and PSAM APDUs are logged at TRACE (:func:`trace_apdu`).
+_apdu_trace = False
+#: Commands whose data is never logged: VERIFY, CHANGE/RESET PIN (PIN blocks), and the writes
+#: (UPDATE BINARY/RECORD, APPEND RECORD), which may carry the citizen's data.
+_HIDDEN_DATA_INS = frozenset({0x20, 0x24, 0x2C, 0x5E, 0xD6, 0xDC, 0xE2})
+APDU_LOG = logging.getLogger("agent.apdu")
+
+
+def set_apdu_trace(on: bool) -> None:
+    global _apdu_trace  # noqa: PLW0603 - one process-wide switch, flipped by config
+    _apdu_trace = bool(on)
+
+
+def apdu_trace_on() -> bool:
+    """Whether APDUs are being traced: ``log.trace_apdus`` and the log level at TRACE."""
+    return _apdu_trace and APDU_LOG.isEnabledFor(TRACE)
+
+
+def apdu_text(direction: str, raw: bytes) -> str:
+    """What the trace shows of one APDU. A command: its header, and its data unless the
+    instruction may carry a PIN or personal data. A response: its length and status word only
+    (READ RECORD and READ BINARY answers hold the citizen's name and ID number)."""
+    if direction == "<":
+        if len(raw) < 2:
+            return f"< {raw.hex().upper()} (no status word)"
+        sw, n = raw[-2:].hex().upper(), len(raw) - 2
+        return f"< SW {sw}" if n == 0 else f"< {n} bytes hidden, SW {sw}"
     text = raw.hex().upper()
-    if direction == ">" and len(raw) > 5 and raw[1] in (0x20, 0x24, 0x5E):
-        text = text[:10] + "…(PIN data hidden)"
-    logger.log(TRACE, "%s %s", direction, text)
+    if len(raw) > 5 and raw[1] in _HIDDEN_DATA_INS:
+        text = text[:10] + f"…({len(raw) - 5} bytes hidden)"
+    return f"> {text}"
+
+
+def trace_apdu(direction: str, raw: bytes) -> None:
+    """Log one APDU (``>`` command, ``<`` response) at TRACE on ``agent.apdu`` when
+    ``log.trace_apdus`` is on (:func:`apdu_text` says what is shown)."""
+    if apdu_trace_on():
+        APDU_LOG.log(TRACE, "%s", apdu_text(direction, raw))

@@ -48,6 +48,7 @@ from agent.errors import (
     ReaderBusyError,
     ReaderUnavailableError,
 )
+from agent.logs import apdu_trace_on, trace_apdu
 
 log = logging.getLogger(__name__)
 
@@ -751,8 +752,12 @@ class PcscCardChannel:
     async def transmit(self, command: CommandApdu) -> ResponseApdu:
         """Send one APDU; the raw response (T=0 61xx/6Cxx is handled above this port)."""
         hcard = self._handle()
-        raw = list(command.to_bytes())
+        cmd = command.to_bytes()
+        raw = list(cmd)
         proto = self._proto
+        tracing = apdu_trace_on()
+        if tracing:
+            trace_apdu(">", cmd)
 
         def do_transmit() -> bytes:
             # map_exceptions spelled out: a generator context manager costs more than the rest
@@ -789,6 +794,8 @@ class PcscCardChannel:
         except CardRemovedError:
             await self._drop()
             raise
+        if tracing:
+            trace_apdu("<", data)
         if len(data) < 2:
             raise CardProtocolError(f"response APDU too short: {len(data)} bytes")
         return ResponseApdu.from_bytes(data)

@@ -1385,6 +1385,19 @@ class Journal:
             r = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if r is None else r[0]
 
+    def meta_items(self, prefix: str) -> dict[str, Any]:
+        """Every ``meta`` entry whose key starts with ``prefix``, keyed without it."""
+        with self._read("meta") as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall()
+        return {str(k)[len(prefix) :]: v for k, v in rows}
+
+    def meta_delete(self, key: str) -> None:
+        with self._write("meta") as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def meta_set(self, key: str, value: str | int | bytes | None) -> None:
         with self._write("meta") as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from agent.card.apdu import CommandApdu, ResponseApdu
 from agent.errors import CardRemovedError, LocalProtocolError
+from agent.logs import apdu_trace_on, trace_apdu
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -191,6 +192,9 @@ class SimChannel:
             if injected.processed:
                 self._process(raw_command)
             raw = injected.raw
+        if apdu_trace_on():
+            trace_apdu(">", raw_command)
+            trace_apdu("<", raw)
         delay = self.latency.delay(len(raw_command) + len(raw))
         if delay > 0:
             await asyncio.sleep(delay)

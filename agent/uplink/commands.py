@@ -19,7 +19,9 @@ authorization_refused  central refused an online request: reason ``card_replaced
                        request's wait
 card_replaced          blacklisted with reason ``replaced`` (unlock refused for good, the seed
                        rule in ``agent.tx.policy``), remembered across snapshots
-config_set             stored as a pending ``config_changed`` event; the app applies it
+config_set             kept in the journal (:class:`CentralSettings`: central's value outlives a
+                       restart and wins over the config file); ``on_setting`` applies it and
+                       says when it takes effect, in the ``config_changed`` event
 ping                   ``pong`` event
 report                 ``command_applied`` event with journal counts
 resend                 unacked records from ``from_seq`` are resent now
@@ -52,9 +54,11 @@ from agent.errors import (
     JournalError,
     MessageEncodingError,
     UplinkUnavailableError,
+    WireError,
 )
 from agent.journal import Journal
 from agent.uplink import topics
+from agent.wire import cbor
 from agent.wire.codec import (
     AuthorizationRefused,
     Authorize,
@@ -71,8 +75,10 @@ from agent.wire.codec import (
 from agent.wire.commands import CommandVerifier
 
 __all__ = [
+    "APPLIES",
     "BLACKLIST_REASON",
     "REPLACED_REASON",
+    "CentralSettings",
     "CommandHandler",
     "EventReporter",
     "JournalReplayStore",
@@ -88,12 +94,19 @@ _META_COUNTER = "cmd_last_counter"
 _META_ID = "cmd_last_id"
 _META_REPLACED = "cards_replaced"
 _META_VERSION = "blacklist_version"  # the journal's own key (see Journal.blacklist_version)
+_META_SETTING = "central_setting:"  # + the setting's dotted key
 _EVENT_NS = uuid.UUID("6f1c2d8e-5b3a-4e0f-9a51-3c7d2b8e4f10")
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
 EventHook = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 #: Told (on the event loop) about every applied ``authorize`` and ``authorization_refused``.
 AuthorizationHook = Callable[[Authorize | AuthorizationRefused], None]
+#: When a setting from central takes effect, as ``on_setting`` answers and the
+#: ``config_changed`` event says: at once, at the uplink's next connection, at the next start;
+#: or never, because this agent's config refuses the value (an error, also logged).
+APPLIES = ("now", "next_connection", "restart", "refused")
+#: Applies a setting from central (on the event loop); returns one of :data:`APPLIES`.
+SettingHook = Callable[[str, str | int | bool], str]
 
 
 def _hex(card: bytes) -> str:
@@ -120,6 +133,41 @@ class JournalReplayStore:
         if command.counter > self.last_counter():
             self.journal.meta_set(_META_COUNTER, command.counter)
             self.journal.meta_set(_META_ID, command.id)
+
+
+class CentralSettings:
+    """The settings central changed with ``config_set``, in the journal's ``meta`` table (one
+    row per key, the value as CBOR so a bool stays a bool), so they outlive a restart: the app
+    lays them over its config file at start (``agent.config.with_settings``)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def store(self, key: str, value: str | int | bool) -> None:
+        self.journal.meta_set(_META_SETTING + key, cbor.encode(value))
+
+    def load(self) -> dict[str, str | int | bool]:
+        """Every stored setting; one that does not decode to a scalar is left out (logged)."""
+        out: dict[str, str | int | bool] = {}
+        for key, raw in self.journal.meta_items(_META_SETTING).items():
+            try:
+                value = cbor.decode(bytes(raw)) if isinstance(raw, bytes) else None
+            except WireError:
+                value = None
+            if not isinstance(value, str | int):  # bool is an int
+                log.error("setting %s from central is unreadable in the journal; ignored", key)
+                continue
+            out[key] = value
+        return out
+
+    def clear(self, keys: list[str] | None = None) -> list[str]:
+        """Forget central's value of ``keys`` (all when ``None``): the config file rules again
+        from the next start. Returns the keys that were set."""
+        held = sorted(self.journal.meta_items(_META_SETTING))
+        gone = held if keys is None else [k for k in held if k in keys]
+        for key in gone:
+            self.journal.meta_delete(_META_SETTING + key)
+        return gone
 
 
 class EventReporter:
@@ -200,6 +248,7 @@ class CommandHandler:
         reporter: EventReporter | None = None,
         on_resend: Callable[[int], None] | None = None,
         on_authorization: AuthorizationHook | None = None,
+        on_setting: SettingHook | None = None,
     ) -> None:
         self.verifier = verifier
         self.journal = journal
@@ -209,6 +258,7 @@ class CommandHandler:
         self.reporter = reporter or EventReporter(journal, terminal)
         self.on_resend = on_resend
         self.on_authorization = on_authorization
+        self.on_setting = on_setting
 
     async def __call__(self, topic: str, payload: bytes) -> None:
         try:
@@ -245,6 +295,11 @@ class CommandHandler:
         await asyncio.to_thread(self.replay.record, command)
         if isinstance(command.body, Resend) and self.on_resend is not None:
             self.on_resend(command.body.from_seq)
+        if isinstance(command.body, ConfigSet):
+            # stored already: without a hook (a tool, not the running agent) it applies at start
+            body = command.body
+            hook = self.on_setting
+            data["applies"] = "restart" if hook is None else hook(body.key, body.value)
         await self._event(kind, data)
         if self.on_authorization is not None and isinstance(
             command.body, Authorize | AuthorizationRefused
@@ -311,7 +366,8 @@ class CommandHandler:
         if isinstance(body, CardReplaced):
             return "command_applied", {**base, **self._card_replaced(body.card_id_code)}
         if isinstance(body, ConfigSet):
-            return "config_changed", {**base, "key": body.key, "value": body.value, "pending": True}
+            CentralSettings(j).store(body.key, body.value)
+            return "config_changed", {**base, "key": body.key, "value": body.value}
         if isinstance(body, Ping):
             return "pong", base
         if isinstance(body, Report):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
@@ -156,6 +157,7 @@ class UplinkSession:
         self._online = False
         self._online_changed = asyncio.Event()
         self._live_mark = 0
+        self._repace = False  # backlog_rate changed: the drainer makes a new bucket
         self._client_now: aiomqtt.Client | None = None
         self._puback: list[int] = []  # PUBACKed seqs not yet marked sent (batched)
         self._acks: list[tuple[int, int]] = []  # central's acks not yet written to the journal
@@ -276,8 +278,21 @@ class UplinkSession:
         client.pending_calls_threshold = self.s.window + EXTRA_INFLIGHT
         return client
 
+    def retune(self, *, window: int | None = None, backlog_rate: float | None = None) -> None:
+        """Central's ``config_set`` of ``uplink.inflight_window`` / ``uplink.backlog_rate``.
+
+        The backlog pace applies at the drainer's next wake-up. The window applies at the next
+        connection: the MQTT client's own queue is sized for it when the client is made."""
+        if window is not None:
+            self.s = dataclasses.replace(self.s, window=window)
+        if backlog_rate is not None:
+            self.s = dataclasses.replace(self.s, backlog_rate=backlog_rate)
+            self._repace = True
+            self._wake.set()
+
     async def _connected(self, client: aiomqtt.Client) -> None:
         self.window.clear()
+        self.window.size = self.s.window  # central may have changed it (retune)
         self._live_mark = await asyncio.to_thread(self.outbox.max_seq)
         t = self.s.terminal
         route_topic(client, topics.ack(t), self._on_ack)
@@ -422,6 +437,10 @@ class UplinkSession:
         backlog_after = 0
         self._take_rewind()  # a new connection starts from the cursors above anyway
         while True:
+            if self._repace:
+                self._repace = False
+                rate = self.s.backlog_rate
+                bucket = TokenBucket(rate, max(1.0, rate / 10), self._clock())
             expired = self.window.expire(self._clock(), self.s.ack_timeout_s)
             if expired:
                 self.stats.resent += len(expired)

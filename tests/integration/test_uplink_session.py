@@ -321,3 +321,28 @@ async def test_a_routed_topic_goes_to_its_handler_and_the_rest_to_aiomqtt(
         await asyncio.wait_for(got_all.wait(), 5)
     assert (str(msg.topic), msg.payload) == (topics.cmd(TERMINAL), b"cmd")
     assert seen == [(b"\x00", True), (b"\x01", True), (b"\x02", True)]
+
+
+async def test_a_new_backlog_pace_applies_to_the_drain_under_way(broker: Mosquitto) -> None:
+    """Central's ``config_set uplink.backlog_rate`` (``UplinkSession.retune``): at 2 records a
+    second this backlog would take 100 s; the new pace drains it at once, on the same
+    connection. A new window size waits for the next connection."""
+    outbox = MemoryOutbox(200)
+    session = _session(broker.port, outbox, rate=2.0)
+    async with central(broker.port):
+        task = asyncio.create_task(session.run())
+        try:
+            async with asyncio.timeout(10):
+                await session.wait_online()
+            await asyncio.sleep(1.0)
+            assert outbox.unacked_count() > 190  # paced: about 2 a second so far
+            session.retune(backlog_rate=100_000.0, window=64)
+            assert session.window.size == 32  # the window: next connection
+            async with asyncio.timeout(10):
+                while outbox.unacked_count():  # noqa: ASYNC110 - the outbox is sync
+                    await asyncio.sleep(0.05)
+            assert session.stats.connects == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -150,3 +150,69 @@ def test_batch_limit_is_the_wire_limit() -> None:
     from agent.wire.codec import TX_BATCH_MAX
 
     assert TX_BATCH_LIMIT == TX_BATCH_MAX
+
+
+def _wire_values(allowed: object) -> list[object]:
+    """Every edge of what central may send for one key (``CONFIG_SETTINGS``)."""
+    if allowed is bool:
+        return [True, False]
+    if isinstance(allowed, range):
+        return [allowed.start, allowed.start + 1, allowed.stop - 1]
+    assert isinstance(allowed, tuple)
+    return list(allowed)
+
+
+def test_every_value_central_may_send_is_one_the_config_takes() -> None:
+    """``config_set`` is checked against the wire's bounds; the agent then lays it over its
+    config with the file's own checks. The two must agree, or central could send a setting the
+    agent stores but refuses (it used to: the wire allowed a window of 1024, the file 1000)."""
+    from agent.config import setting_value, with_settings
+    from agent.wire.codec import CONFIG_SETTINGS
+
+    base = AgentConfig()
+    for key, allowed in CONFIG_SETTINGS.items():
+        for value in _wire_values(allowed):
+            cfg, issues = with_settings(base, {key: value})
+            assert issues == [], (key, value)
+            assert setting_value(cfg, key) == value, (key, value)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_with_settings_changes_exactly_the_keys_given(data: st.DataObject) -> None:
+    from agent.config import setting_value, with_settings
+    from agent.wire.codec import CONFIG_SETTINGS
+
+    keys = data.draw(st.sets(st.sampled_from(sorted(CONFIG_SETTINGS))))
+    settings_ = {k: data.draw(st.sampled_from(_wire_values(CONFIG_SETTINGS[k]))) for k in keys}
+    base = parse_config('[uplink]\nbroker = "mqtt://10.0.0.1:1883"\n', env={})
+    cfg, issues = with_settings(base, settings_)
+    assert issues == []
+    for key in CONFIG_SETTINGS:
+        expect = settings_[key] if key in settings_ else setting_value(base, key)
+        assert setting_value(cfg, key) == expect
+    assert cfg.uplink.broker == "mqtt://10.0.0.1:1883"  # the rest of the file is untouched
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("uplink.inflight_window", 0, "1..1024"),
+        ("uplink.inflight_window", "32", "expected an integer"),
+        ("log.trace_apdus", 1, "expected true or false"),
+        ("log.level", "LOUD", "one of TRACE"),
+        ("uplink.nope", 1, "unknown key"),
+        ("nope.key", 1, "unknown key"),
+        ("nodot", 1, "unknown key"),
+    ],
+)
+def test_with_settings_refuses_what_the_file_would(key: str, value: object, message: str) -> None:
+    from agent.config import with_settings
+
+    base = AgentConfig()
+    cfg, issues = with_settings(base, {key: value, "journal.retention_days": 30})
+    assert [i.key for i in issues] == [key]
+    assert message in issues[0].message
+    assert cfg.journal.retention_days == 30  # the good one still applies
+    assert cfg.uplink == base.uplink
+    assert cfg.log == base.log

@@ -9,7 +9,7 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.logs import TRACE, setup_logging, trace_apdu
+from agent.logs import TRACE, apdu_text, set_apdu_trace, setup_logging, trace_apdu
 from agent.privacy import mask_card_number, mask_name, mask_pan, mask_ssn, scrub
 
 SSN = "110101199003071234"
@@ -43,7 +43,11 @@ def test_json_logs_are_masked() -> None:
     setup_logging("TRACE", json_lines=True, stream=buf)
     log = logging.getLogger("t")
     log.info("read card of %s", SSN, extra={"pan": PAN})
-    trace_apdu(log, ">", bytes.fromhex("0020000003123456"))
+    set_apdu_trace(True)
+    try:
+        trace_apdu(">", bytes.fromhex("0020000003123456"))
+    finally:
+        set_apdu_trace(False)
     logging.getLogger().handlers.clear()
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert SSN not in buf.getvalue()
@@ -52,3 +56,50 @@ def test_json_logs_are_masked() -> None:
     assert lines[1]["level"] == "TRACE"
     assert "123456" not in lines[1]["msg"]
     assert TRACE == 5
+
+
+def _trace_lines(level: str, on: bool, apdus: list[tuple[str, bytes]]) -> list[str]:
+    buf = io.StringIO()
+    setup_logging(level, json_lines=True, stream=buf)
+    set_apdu_trace(on)
+    try:
+        for direction, raw in apdus:
+            trace_apdu(direction, raw)
+    finally:
+        set_apdu_trace(False)
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    return [json.loads(x)["msg"] for x in buf.getvalue().splitlines()]
+
+
+SELECT = bytes.fromhex("00A404000F7378312E73682EC9E7BBE1B1A3D5CF")
+#: a READ RECORD answer holding an ID number (ASCII digits) and a name (GBK)
+RECORD = bytes.fromhex("0712") + SSN.encode() + "张三".encode("gbk") + bytes.fromhex("9000")
+
+
+def test_apdu_trace_shows_headers_and_status_words_only() -> None:
+    lines = _trace_lines("TRACE", True, [(">", SELECT), ("<", RECORD), ("<", b"\x6a\x82")])
+    assert lines == [
+        "> " + SELECT.hex().upper(),  # a SELECT by name is shown whole
+        f"< {len(RECORD) - 2} bytes hidden, SW 9000",
+        "< SW 6A82",
+    ]
+
+
+def test_apdu_trace_is_off_unless_asked_and_at_trace_level() -> None:
+    assert _trace_lines("TRACE", False, [(">", SELECT)]) == []
+    assert _trace_lines("DEBUG", True, [(">", SELECT)]) == []
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from([0x20, 0x24, 0x2C, 0x5E, 0xD6, 0xDC, 0xE2]),
+    st.binary(min_size=1, max_size=64),
+    st.binary(min_size=0, max_size=64),
+)
+def test_apdu_trace_never_shows_pin_or_written_data(ins: int, data: bytes, resp: bytes) -> None:
+    cmd = bytes([0x80, ins, 0x00, 0x00, len(data)]) + data
+    shown = apdu_text(">", cmd)
+    assert shown == f"> {cmd[:5].hex().upper()}…({len(data)} bytes hidden)"
+    answer = apdu_text("<", resp + b"\x90\x00")
+    assert answer == (f"< {len(resp)} bytes hidden, SW 9000" if resp else "< SW 9000")

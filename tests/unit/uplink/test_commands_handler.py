@@ -19,7 +19,7 @@ from agent.journal import Journal
 from agent.profile import load_profile
 from agent.sim.central import ReferenceCentral, key_id, seed_backlog
 from agent.tx.machine import TABLE
-from agent.uplink.commands import CommandHandler, JournalReplayStore
+from agent.uplink.commands import CentralSettings, CommandHandler, JournalReplayStore
 from agent.wire import cose
 from agent.wire.codec import (
     AuthorizationRefused,
@@ -145,12 +145,14 @@ async def test_card_replaced_is_blacklisted_as_replaced_and_survives_snapshots(
 
 async def test_config_ping_report_resend(h: Harness) -> None:
     kind, data = await h.send(ConfigSet("uplink.backlog_rate", 50))
-    assert (kind, data["key"], data["value"], data["pending"]) == (
+    # no on_setting hook (a tool, not the running agent): kept, applies at the next start
+    assert (kind, data["key"], data["value"], data["applies"]) == (
         "config_changed",
         "uplink.backlog_rate",
         50,
-        True,
+        "restart",
     )
+    assert CentralSettings(h.journal).load() == {"uplink.backlog_rate": 50}
     kind, _ = await h.send(Ping())
     assert kind == "pong"
     seed_backlog(h.journal, T, 5, load_profile("default"))
@@ -264,3 +266,61 @@ async def test_only_authorization_answers_reach_the_hook(h: Harness) -> None:
     grant = Authorize("pin_unblock", _card(CARD_B), int(h.now) + 60)
     await h.send(grant)
     assert h.answers == [grant]
+
+
+async def test_config_set_is_kept_applied_through_the_hook_and_reported(h: Harness) -> None:
+    applied: list[tuple[str, Any]] = []
+
+    def on_setting(key: str, value: Any) -> str:
+        applied.append((key, value))
+        return "now"
+
+    h.handler.on_setting = on_setting
+    kind, data = await h.send(ConfigSet("log.trace_apdus", True))
+    assert (kind, data["applies"]) == ("config_changed", "now")
+    _, data = await h.send(ConfigSet("log.level", "DEBUG"))
+    _, data = await h.send(ConfigSet("log.trace_apdus", False))  # the last word wins
+    assert applied == [
+        ("log.trace_apdus", True),
+        ("log.level", "DEBUG"),
+        ("log.trace_apdus", False),
+    ]
+    held = CentralSettings(h.journal).load()
+    assert held == {"log.level": "DEBUG", "log.trace_apdus": False}
+    assert held["log.trace_apdus"] is False  # a bool stays a bool (not 0)
+    # what central is told: the event says when the setting took effect
+    sent = [EventMessage.from_cbor(p) for p in h.published]
+    assert [(e.type, e.data.get("applies")) for e in sent] == [("config_changed", "now")] * 3
+
+
+async def test_a_refused_or_unsigned_config_set_changes_nothing(h: Harness) -> None:
+    kind, _ = await h.send(ConfigSet("uplink.backlog_rate", 50), terminal=OTHER)
+    assert kind == "command_rejected"
+    await h.handler(f"ssc/v1/{T}/cmd", b"not a command")
+    assert CentralSettings(h.journal).load() == {}
+
+
+def test_central_settings_survive_reopening_and_clear(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal.db", transitions=TABLE)  # type: ignore[arg-type]
+    CentralSettings(j).store("policy.report_loss_offline", False)
+    CentralSettings(j).store("uplink.inflight_window", 64)
+    CentralSettings(j).store("log.level", "DEBUG")
+    j.meta_set("central_setting:journal.retention_days", b"\xff")  # not CBOR: left out
+    j.close()
+    j = Journal(tmp_path / "journal.db", transitions=TABLE)  # type: ignore[arg-type]
+    store = CentralSettings(j)
+    assert store.load() == {
+        "log.level": "DEBUG",
+        "policy.report_loss_offline": False,
+        "uplink.inflight_window": 64,
+    }
+    assert store.clear(["log.level", "no.such"]) == ["log.level"]
+    assert "log.level" not in store.load()
+    assert store.clear() == [
+        "journal.retention_days",
+        "policy.report_loss_offline",
+        "uplink.inflight_window",
+    ]
+    assert store.load() == {}
+    assert j.meta_get("cmd_last_counter") is None  # other meta untouched (none was set here)
+    j.close()

@@ -1,0 +1,157 @@
+"""Central's ``config_set`` on the running agent (issue 5, "allowed configuration changes").
+
+The real ``App`` with ``uplink.broker = "sim://"``: its private mosquitto and in-process
+reference central sign real commands. A setting central changes takes effect at once where it
+can (policy, log level and APDU trace, retention, backlog pace) or at the next connection (the
+in-flight window); the ``config_changed`` event tells central which. It is kept in the journal,
+so it outlives a restart and wins over the config file, until ``ssc-agent config central
+--clear`` forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.app import App
+from agent.config import parse_config
+from agent.logs import apdu_trace_on, set_apdu_trace
+from agent.tx.policy import OfflineMode
+from agent.tx.records import Kind
+
+pytestmark = pytest.mark.mqtt
+
+CHANGES: dict[str, Any] = {
+    "policy.report_loss_offline": False,
+    "policy.activate_offline_max_per_day": 7,
+    "uplink.backlog_rate": 77,
+    "uplink.inflight_window": 48,
+    "journal.retention_days": 30,
+    "log.trace_apdus": True,
+    "log.level": "TRACE",
+}
+APPLIES = dict.fromkeys(CHANGES, "now") | {"uplink.inflight_window": "next_connection"}
+
+
+def config(state: Path) -> Any:
+    text = f"""
+[terminal]
+state_dir = "{state}"
+[uplink]
+broker = "sim://"
+backlog_rate = 200
+inflight_window = 32
+[journal]
+retention_days = 180
+[log]
+level = "INFO"
+[api]
+socket = ""
+"""
+    return parse_config(text, base_dir=str(state), env={})
+
+
+@contextlib.asynccontextmanager
+async def running(state: Path) -> AsyncIterator[App]:
+    app = App(config(state), install_signals=False)
+    task = asyncio.create_task(app.run())
+    try:
+        async with asyncio.timeout(30):
+            await app.ready.wait()
+            while app.session is None or not app.session.online:  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.05)
+        yield app
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def until(pred: Callable[[], bool], limit_s: float = 15) -> None:
+    async with asyncio.timeout(limit_s):
+        while not await asyncio.to_thread(pred):  # noqa: ASYNC110 - central's store is sync
+            await asyncio.sleep(0.05)
+
+
+def _cli(state: Path, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "central", "--state-dir", str(state), "--json",
+         *args],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Any:
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
+    set_apdu_trace(False)
+
+
+async def test_settings_from_central_apply_persist_and_clear(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    async with running(state) as app:
+        central = app.central
+        assert central is not None
+        for key, value in CHANGES.items():
+            await central.config_set(app.terminal_id, key, value)
+
+        def told() -> dict[str, str]:
+            return {
+                e.data["key"]: e.data["applies"]
+                for e in central.events(app.terminal_id)
+                if e.type == "config_changed"
+            }
+
+        await until(lambda: len(told()) == len(CHANGES))
+        assert told() == APPLIES
+        # in effect on the running agent
+        ops = app.engine.policy.operations
+        assert ops[Kind.REPORT_LOSS].offline is OfflineMode.NEVER
+        assert ops[Kind.ACTIVATE].max_per_day == 7
+        assert app.session is not None
+        assert app.session.s.backlog_rate == 77
+        assert app.config.journal.retention_days == 30
+        assert apdu_trace_on()
+        # the window waits for the next connection (the MQTT client is sized for it)
+        assert app.session.window.size == 32
+        assert app.session.s.window == 48
+
+    set_apdu_trace(False)
+    logging.getLogger().setLevel(logging.INFO)
+    # a restart: central's word wins over the file, which still says otherwise
+    async with running(state) as app:
+        assert app.config.uplink.backlog_rate == 77
+        assert app.config.uplink.inflight_window == 48
+        assert app.session is not None
+        assert app.session.window.size == 48
+        assert app.config.journal.retention_days == 30
+        assert app.engine.policy.operations[Kind.REPORT_LOSS].offline is OfflineMode.NEVER
+        assert app.config.log.level == "TRACE"
+        assert apdu_trace_on()
+
+    shown = _cli(state)
+    assert shown["settings"] == CHANGES
+    cleared = _cli(state, "--clear", "log.level", "--clear", "log.trace_apdus")
+    assert cleared["cleared"] == ["log.level", "log.trace_apdus"]
+    assert _cli(state, "--clear-all")["settings"] == {}
+
+    set_apdu_trace(False)
+    logging.getLogger().setLevel(logging.INFO)
+    async with running(state) as app:  # the file rules again
+        assert app.config.uplink.backlog_rate == 200
+        assert app.config.uplink.inflight_window == 32
+        assert app.config.journal.retention_days == 180
+        assert app.engine.policy.operations[Kind.REPORT_LOSS].offline is OfflineMode.QUEUE
+        assert not apdu_trace_on()
