@@ -899,6 +899,8 @@ class App:
         self.emit(kind, dict(data))
 
     async def _on_command_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "command_applied" and data.get("type") == "report":
+            self._spawn(self._report_now(), "uplink-report")  # central asked: status now
         self.emit(kind, {k: (v.hex() if isinstance(v, bytes) else v) for k, v in data.items()})
 
     def _with_central_settings(self, cfg: AgentConfig) -> AgentConfig:
@@ -1059,9 +1061,6 @@ class App:
             await asyncio.to_thread(outbox.flush)
 
     async def _telemetry_task(self) -> None:
-        from agent.uplink import topics
-        from agent.wire.codec import TelemetryMessage
-
         last_prune = 0.0
         while True:
             now = time.monotonic()
@@ -1069,16 +1068,25 @@ class App:
                 last_prune = now
                 with contextlib.suppress(AgentError):
                     await asyncio.to_thread(self.journal.prune, self.config.journal.retention_days)
-            session = self.session
-            if session is not None and session.online:
-                counters = {**self.counters, "uptime_s": int(now - self.started)}
-                with contextlib.suppress(AgentError):
-                    stats = await asyncio.to_thread(self.journal.stats)
-                    counters["unacked"] = stats.unacked
-                    msg = TelemetryMessage(self.terminal_id, int(time.time()), counters)
-                    await session.publish(topics.telemetry(self.terminal_id), msg.to_cbor(), qos=0)
-                await self._publish_status(True)
+            await self._report_now()
             await asyncio.sleep(TELEMETRY_S)
+
+    async def _report_now(self) -> None:
+        """Telemetry counters and the retained status, when online (every ``TELEMETRY_S``, and
+        at once on central's ``report`` command)."""
+        from agent.uplink import topics
+        from agent.wire.codec import TelemetryMessage
+
+        session = self.session
+        if session is None or not session.online:
+            return
+        counters = {**self.counters, "uptime_s": int(time.monotonic() - self.started)}
+        with contextlib.suppress(AgentError):
+            stats = await asyncio.to_thread(self.journal.stats)
+            counters["unacked"] = stats.unacked
+            msg = TelemetryMessage(self.terminal_id, int(time.time()), counters)
+            await session.publish(topics.telemetry(self.terminal_id), msg.to_cbor(), qos=0)
+        await self._publish_status(True)
 
     def _drain_progress(self, last: list[int]) -> None:
         """Uplink progress: offline (nothing to drive), an empty outbox, or acks/publishes

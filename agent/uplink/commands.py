@@ -23,7 +23,8 @@ config_set             kept in the journal (:class:`CentralSettings`: central's 
                        restart and wins over the config file); ``on_setting`` applies it and
                        says when it takes effect, in the ``config_changed`` event
 ping                   ``pong`` event
-report                 ``command_applied`` event with journal counts
+report                 ``command_applied`` event with journal counts; the app then publishes its
+                       telemetry and retained status at once
 resend                 unacked records from ``from_seq`` are resent now
 =====================  ========================================================================
 

@@ -1,11 +1,12 @@
-"""Central's ``config_set`` on the running agent (issue 5, "allowed configuration changes").
+"""Central's ``config_set`` and ``report`` on the running agent (issue 5, commands).
 
 The real ``App`` with ``uplink.broker = "sim://"``: its private mosquitto and in-process
 reference central sign real commands. A setting central changes takes effect at once where it
 can (policy, log level and APDU trace, retention, backlog pace) or at the next connection (the
 in-flight window); the ``config_changed`` event tells central which. It is kept in the journal,
 so it outlives a restart and wins over the config file, until ``ssc-agent config central
---clear`` forgets it.
+--clear`` forgets it. A ``report`` makes the agent publish its telemetry at once, not at the
+next minute.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from agent.app import App
@@ -27,6 +29,8 @@ from agent.config import parse_config
 from agent.logs import apdu_trace_on, set_apdu_trace
 from agent.tx.policy import OfflineMode
 from agent.tx.records import Kind
+from agent.uplink import topics
+from agent.wire.codec import TelemetryMessage
 
 pytestmark = pytest.mark.mqtt
 
@@ -155,3 +159,19 @@ async def test_settings_from_central_apply_persist_and_clear(tmp_path: Path) -> 
         assert app.config.journal.retention_days == 180
         assert app.engine.policy.operations[Kind.REPORT_LOSS].offline is OfflineMode.QUEUE
         assert not apdu_trace_on()
+
+
+async def test_report_publishes_telemetry_at_once(tmp_path: Path) -> None:
+    async with running(tmp_path / "s") as app:
+        central, broker = app.central, app.broker
+        assert central is not None
+        assert broker is not None
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="watcher") as watcher:
+            await watcher.subscribe(topics.telemetry(app.terminal_id), qos=0)
+            await asyncio.sleep(0.3)  # the start-up telemetry, if any, has gone by
+            await central.report(app.terminal_id)
+            async with asyncio.timeout(10):  # TELEMETRY_S is 60 s
+                msg = await anext(aiter(watcher.messages))
+        telemetry = TelemetryMessage.from_cbor(bytes(msg.payload))  # type: ignore[arg-type]
+        assert telemetry.terminal == app.terminal_id
+        assert {"unacked", "uptime_s", "tx_done"} <= set(telemetry.counters)
