@@ -7,6 +7,8 @@
     ssc-agent central authorize unlock|pin_reset|pin_unblock CARD_ID [--terminal T] [--ttl S]
     ssc-agent central card-replaced CARD_ID [--terminal T]
     ssc-agent central ping|report --terminal T ;  central resend --terminal T --from-seq N
+    ssc-agent central config-set KEY VALUE --terminal T   (e.g. uplink.backlog_rate 500)
+    ssc-agent central events [--terminal T] [--type config_changed] [--json] --db FILE
     ssc-agent central records [--terminal T] [--json] --db FILE
     ssc-agent central alerts [--json] --db FILE
     ssc-agent central loss-reports [--terminal T] [--show-pii] [--json] --db FILE
@@ -99,6 +101,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         if name == "resend":
             p.add_argument("--from-seq", type=int, required=True)
         p.set_defaults(handler=_admin_handler, action=name)
+
+    cs = sub.add_parser(
+        "config-set", help="change a terminal setting (signed config_set; docs/MESSAGES.md)"
+    )
+    _common(cs, top=False)
+    # dest "setting", not "key": that is --key, the signing key file
+    cs.add_argument(
+        "setting", metavar="KEY", help="uplink.backlog_rate, log.level, policy.report_loss_offline…"
+    )
+    cs.add_argument("value", metavar="VALUE", help="true/false, an integer, or a word (DEBUG…)")
+    cs.add_argument("--terminal", required=True)
+    cs.set_defaults(handler=_admin_handler, action="config_set")
+
+    ev = sub.add_parser("events", help="list the events terminals reported (masked)")
+    _common(ev, top=False)
+    ev.add_argument("--terminal")
+    ev.add_argument("--type", help="only events of this type, e.g. config_changed")
+    ev.set_defaults(handler=_query_handler, action="events")
 
     rec = sub.add_parser("records", help="list the stored records")
     _common(rec, top=False)
@@ -211,7 +231,11 @@ async def _admin(central: ReferenceCentral, args: argparse.Namespace) -> dict[st
     if action == "card_replaced":
         await central.card_replaced(args.card, terminal)
         return {"card_replaced": True, "terminal": terminal or "all"}
-    target = str(terminal)  # ping / report / resend require --terminal
+    target = str(terminal)  # ping / report / resend / config-set require --terminal
+    if action == "config_set":
+        value = _setting_value(args.value)
+        await central.config_set(target, args.setting, value)
+        return {"sent": action, "terminal": target, "key": args.setting, "value": value}
     if action == "ping":
         await central.ping(target)
     elif action == "report":
@@ -219,6 +243,27 @@ async def _admin(central: ReferenceCentral, args: argparse.Namespace) -> dict[st
     elif action == "resend":
         await central.resend(target, args.from_seq)
     return {"sent": action, "terminal": terminal}
+
+
+def _setting_value(raw: str) -> str | int | bool:
+    """A ``config-set`` value from the command line: ``true``/``false``, an integer, or text
+    (``ConfigSet`` then checks it against the key's allowed values)."""
+    if raw in ("true", "false"):
+        return raw == "true"
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _query_handler(args: argparse.Namespace) -> int:
@@ -241,6 +286,12 @@ def _query_handler(args: argparse.Namespace) -> int:
             rows = central.records(terminal)
         elif args.action == "loss-reports":
             rows = central.loss_reports(terminal, show_pii=args.show_pii)
+        elif args.action == "events":
+            rows = [
+                {"terminal": e.terminal, "time": e.time, "type": e.type, "data": _jsonable(e.data)}
+                for e in central.events(terminal)
+                if args.type is None or e.type == args.type
+            ]
         elif args.action == "requests":
             rows = central.authorization_requests(terminal)
             if args.pending:

@@ -175,3 +175,43 @@ async def test_report_publishes_telemetry_at_once(tmp_path: Path) -> None:
         telemetry = TelemetryMessage.from_cbor(bytes(msg.payload))  # type: ignore[arg-type]
         assert telemetry.terminal == app.terminal_id
         assert {"unacked", "uptime_s", "tx_done"} <= set(telemetry.counters)
+
+
+def _central_cli(app: App, *args: str) -> Any:
+    assert app.broker is not None
+    db = app.state_dir / "sim-central" / "central.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "central", *args, "--db", str(db),
+         "--broker", app.broker.url, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else None
+
+
+async def test_an_operator_changes_a_setting_with_the_central_cli(tmp_path: Path) -> None:
+    async with running(tmp_path / "s") as app:
+        t = app.terminal_id
+        rc, sent = await asyncio.to_thread(
+            _central_cli, app, "config-set", "uplink.backlog_rate", "500", "--terminal", t
+        )
+        assert rc == 0
+        assert sent == {"sent": "config_set", "terminal": t, "key": "uplink.backlog_rate",
+                        "value": 500}  # fmt: skip
+        await until(lambda: app.config.uplink.backlog_rate == 500)
+        # a value the wire does not allow is refused by the CLI, and nothing is sent
+        rc, err = await asyncio.to_thread(
+            _central_cli, app, "config-set", "uplink.inflight_window", "5000", "--terminal", t
+        )
+        assert rc != 0
+        assert "uplink.inflight_window" in json.dumps(err)
+
+        def answered() -> list[dict[str, Any]]:
+            _, rows = _central_cli(app, "events", "--terminal", t, "--type", "config_changed")
+            return list(rows or [])
+
+        await until(lambda: len(answered()) == 1)
+        (event,) = answered()
+        assert event["data"]["key"] == "uplink.backlog_rate"
+        assert event["data"]["value"] == 500
+        assert event["data"]["applies"] == "now"
+    assert app.config.uplink.inflight_window == 32
