@@ -919,7 +919,7 @@ class App:
             if key in refused:
                 continue
             log.info(
-                "%s = %r, set by central (the config file says %r); "
+                "%s = %r, set by central (the configuration says %r); "
                 "ssc-agent config central --clear forgets it",
                 key, setting_value(new, key), setting_value(cfg, key),
             )  # fmt: skip
