@@ -19,6 +19,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with byte strings as upper-case hex, for JSON output (event data, API results)."""
+    if isinstance(obj, bytes):
+        return obj.hex().upper()
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 def report_error(err: AgentError, *, as_json: bool) -> int:
     """Print ``{"error": {"code", "message"}}`` (JSON) or a one-line reason; return exit code."""
     if as_json:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json
+from agent.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, jsonable, print_json
 from agent.errors import AgentError, ConfigError
 
 DEFAULT_CONFIG = "config/agent.toml"
@@ -37,16 +37,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     api.add_argument("--timeout", type=float, default=120.0, help="give up after S seconds")
     api.add_argument("--count", type=int, default=0, help="events.subscribe: stop after N events")
     api.set_defaults(handler=_handler)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return obj.hex().upper()
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _socket_of(config_path: str) -> str:
@@ -79,7 +69,7 @@ async def _call(args: argparse.Namespace, op_args: dict[str, Any]) -> Any:
             await client.subscribe()
             n = 0
             async for event, data in client.events():
-                print_json({"event": event, "data": _jsonable(data)})
+                print_json({"event": event, "data": jsonable(data)})
                 n += 1
                 if args.count and n >= args.count:
                     break
@@ -108,5 +98,5 @@ def _handler(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     if args.op != "events.subscribe":
-        print_json(_jsonable(result))
+        print_json(jsonable(result))
     return EXIT_OK

@@ -31,7 +31,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from agent.cli._common import EXIT_OK, print_json, report_error
+from agent.cli._common import EXIT_OK, jsonable, print_json, report_error
 from agent.errors import AgentError, ConfigError
 
 if TYPE_CHECKING:
@@ -256,16 +256,6 @@ def _setting_value(raw: str) -> str | int | bool:
         return raw
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _query_handler(args: argparse.Namespace) -> int:
     try:
         central = _central(args, need_broker=False)
@@ -288,7 +278,7 @@ def _query_handler(args: argparse.Namespace) -> int:
             rows = central.loss_reports(terminal, show_pii=args.show_pii)
         elif args.action == "events":
             rows = [
-                {"terminal": e.terminal, "time": e.time, "type": e.type, "data": _jsonable(e.data)}
+                {"terminal": e.terminal, "time": e.time, "type": e.type, "data": jsonable(e.data)}
                 for e in central.events(terminal)
                 if args.type is None or e.type == args.type
             ]

@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from agent.cli._common import EXIT_FAILED, EXIT_OK, print_json
+from agent.cli.journal_cmd import DEFAULT_STATE_DIR, journal_handler
 from agent.errors import AgentError
 
 if TYPE_CHECKING:
@@ -36,15 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     central.add_argument("--clear", action="append", metavar="KEY", help="forget this one")
     central.add_argument("--clear-all", action="store_true", help="forget them all")
-    central.add_argument("--state-dir", default="var/agent", help="state directory")
+    central.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state directory")
     central.add_argument("--json", action="store_true", help="one-line JSON")
-    central.set_defaults(handler=_central_handler)
-
-
-def _central_handler(args: argparse.Namespace) -> int:
-    from agent.cli.journal_cmd import _wrap
-
-    return int(_wrap(_central)(args))
+    central.set_defaults(handler=journal_handler(_central))
 
 
 def _central(args: argparse.Namespace, journal: Journal) -> tuple[dict[str, Any], bool]:

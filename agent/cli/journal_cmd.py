@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for p, fn in ((lst, _list), (show, _show), (verify, _verify), (export, _export)):
         p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state directory")
         p.add_argument("--json", action="store_true", help="one-line JSON")
-        p.set_defaults(handler=_wrap(fn))
+        p.set_defaults(handler=journal_handler(fn))
 
 
 def _open(args: argparse.Namespace) -> Journal:
@@ -63,7 +63,10 @@ def _open(args: argparse.Namespace) -> Journal:
     return Journal(path, transitions=TABLE)  # type: ignore[arg-type]
 
 
-def _wrap(fn: Any) -> Any:
+def journal_handler(fn: Any) -> Any:
+    """A CLI handler that opens the journal of ``--state-dir``, calls ``fn(args, journal)`` for
+    ``(result, ok)``, and prints the result (``--json``: one line)."""
+
     def handler(args: argparse.Namespace) -> int:
         try:
             journal = _open(args)
