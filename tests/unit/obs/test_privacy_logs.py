@@ -103,3 +103,30 @@ def test_apdu_trace_never_shows_pin_or_written_data(ins: int, data: bytes, resp:
     assert shown == f"> {cmd[:5].hex().upper()}…({len(data)} bytes hidden)"
     answer = apdu_text("<", resp + b"\x90\x00")
     assert answer == (f"< {len(resp)} bytes hidden, SW 9000" if resp else "< SW 9000")
+
+
+async def test_the_simulated_reader_traces_what_it_exchanges() -> None:
+    """``SimChannel`` (and ``PcscCardChannel``, the same two calls) logs each exchange."""
+    from agent.profile import load_profile
+    from agent.psam import client
+    from agent.sim.channel import SimChannel
+    from agent.sim.psam import VirtualPsam
+
+    buf = io.StringIO()
+    setup_logging("TRACE", json_lines=True, stream=buf)
+    set_apdu_trace(True)
+    try:
+        ch = SimChannel(VirtualPsam(load_profile("default")))  # type: ignore[arg-type]
+        await client.select_mf(ch)
+        number = await client.read_terminal_number(ch)
+    finally:
+        set_apdu_trace(False)
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert {x["logger"] for x in lines} == {"agent.apdu"}
+    msgs = [x["msg"] for x in lines]
+    assert msgs[0].startswith("> 00A4")  # SELECT MF, shown
+    assert all(m.startswith("<") for m in msgs[1::2])
+    assert all(m.startswith(">") for m in msgs[0::2])
+    assert number.hex().upper() not in buf.getvalue()  # EF16's content is not in the trace
