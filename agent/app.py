@@ -328,11 +328,11 @@ class SimCardSlot:
 class PcscCardSlot:
     """A PC/SC reader (``pcsc://glob``): presence events, exclusive session per operation."""
 
-    def __init__(self, glob: str) -> None:
+    def __init__(self, glob: str, apdu_timeout_s: float) -> None:
         from agent.drivers.pcsc import PcscReader
 
         self.url = f"pcsc://{glob}"
-        self.reader = PcscReader(glob)
+        self.reader = PcscReader(glob, transmit_timeout=apdu_timeout_s)
         self._present = False
         self._atr = b""
         self._changed = asyncio.Event()
@@ -383,10 +383,10 @@ class PcscCardSlot:
 class _ReopeningChannel:
     """A PSAM session on a PC/SC reader, reopened after the reader or pcscd went away."""
 
-    def __init__(self, glob: str) -> None:
+    def __init__(self, glob: str, apdu_timeout_s: float) -> None:
         from agent.drivers.pcsc import PcscReader
 
-        self.reader = PcscReader(glob)
+        self.reader = PcscReader(glob, transmit_timeout=apdu_timeout_s)
         self._ch: Any = None
 
     @property
@@ -682,13 +682,13 @@ class App:
         else:
             from agent.psam.client import PsamSecurityModule
 
-            self._psam_channel = _ReopeningChannel(psam.target)
+            self._psam_channel = _ReopeningChannel(psam.target, cfg.card.apdu_timeout_s)
             self.sam = PsamSecurityModule(self._psam_channel, self.profile)
         if reader.scheme == "sim":
             assert self.rig is not None
             self.slot = SimCardSlot(self.rig, present=self.sim_card_present)
         else:
-            self.slot = PcscCardSlot(reader.target)
+            self.slot = PcscCardSlot(reader.target, cfg.card.apdu_timeout_s)
         self.terminal_id = cfg.terminal.id
         if not self.terminal_id:
             try:

@@ -273,6 +273,7 @@ def _key_lines(text: str) -> dict[str, int]:
 _VALIDATORS: dict[str, typing.Callable[[Any], str | None]] = {
     "card.reader": lambda v: _url_error(v, ("sim", "pcsc")),
     "card.psam": lambda v: _url_error(v, ("sim", "pcsc")),
+    "card.apdu_timeout_s": lambda v: None if 0 < v <= 600 else "0 < seconds <= 600",
     "printer.url": lambda v: _url_error(v, ("sim", "serial", "socket")),
     "uplink.broker": lambda v: _url_error(v, ("sim", "mqtt", "mqtts")),
     "printer.print_after": lambda v: (

@@ -454,8 +454,12 @@ class PcscReader:
     runs while someone listens. ``connect`` opens a card session on the I/O worker.
     """
 
-    def __init__(self, glob: str) -> None:
+    def __init__(self, glob: str, *, transmit_timeout: float = TRANSMIT_TIMEOUT) -> None:
+        if not transmit_timeout > 0:
+            raise ConfigError(f"APDU timeout must be positive, got {transmit_timeout!r}")
         self.glob = glob
+        #: Seconds one APDU may take before the session is declared stuck (``card.apdu_timeout_s``)
+        self.transmit_timeout = transmit_timeout
         self.name: str | None = None
         self._last_name: str | None = None
         self._io = _Worker(f"pcsc-io:{glob}")
@@ -734,7 +738,7 @@ class PcscCardChannel:
         self._hcard: int | None = hcard
         self._proto = proto
         self._in_transaction = False
-        self.transmit_timeout = TRANSMIT_TIMEOUT
+        self.transmit_timeout = reader.transmit_timeout
 
     @property
     def protocol(self) -> str:

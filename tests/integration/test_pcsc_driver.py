@@ -17,6 +17,7 @@ from agent.card.apdu import CommandApdu, ResponseApdu
 from agent.drivers.pcsc import CardEvent, PcscReader, PcscSystem
 from agent.errors import (
     CardRemovedError,
+    ConfigError,
     DeviceError,
     DeviceTimeoutError,
     NoCardError,
@@ -271,3 +272,21 @@ async def test_list_readers_without_service_is_typed(
         await asyncio.to_thread(restartable_pcscd.start)
     async with PcscSystem() as system:
         assert READER0 in await system.list_readers()
+
+
+async def test_the_apdu_timeout_is_the_readers_own(pcscd: PcscdInstance, bridges: Any) -> None:
+    """``card.apdu_timeout_s`` reaches every session of the reader (the app passes it)."""
+    from agent.app import PcscCardSlot
+
+    assert PcscCardSlot(READER0, 2.5).reader.transmit_timeout == 2.5
+    card = EchoCard()
+    await bridges(card).insert()
+    async with PcscReader(READER0, transmit_timeout=2.5) as reader:
+        await reader.wait_for_card(timeout=10)
+        async with reader.session() as channel:
+            assert channel.transmit_timeout == 2.5
+            resp = await channel.transmit(CommandApdu(0x00, 0xD6, 0x00, 0x00, b"\x01"))
+            assert resp == ResponseApdu(b"\x01", 0x9000)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError):
+            PcscReader(READER0, transmit_timeout=bad)

@@ -216,3 +216,17 @@ def test_with_settings_refuses_what_the_file_would(key: str, value: object, mess
     assert cfg.journal.retention_days == 30  # the good one still applies
     assert cfg.uplink == base.uplink
     assert cfg.log == base.log
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("0.5", True), ("10", True), ("600", True), ("0", False), ("-1", False),
+                      ("601", False)],
+)  # fmt: skip
+def test_card_apdu_timeout_bounds(value: str, ok: bool) -> None:
+    text = f"[card]\napdu_timeout_s = {value}\n"
+    if ok:
+        assert parse_config(text, env={}).card.apdu_timeout_s == float(value)
+        return
+    with pytest.raises(ConfigErrors) as ei:
+        parse_config(text, env={})
+    assert [i.key for i in ei.value.issues] == ["card.apdu_timeout_s"]
