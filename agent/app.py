@@ -51,6 +51,7 @@ from agent.errors import (
     CardRefusedError,
     ConfigError,
     DeviceError,
+    JournalFullError,
     NoCardError,
     TransactionInDoubtError,
     UplinkUnavailableError,
@@ -84,6 +85,9 @@ HEARTBEAT_S = 5.0
 STALL_S = 60.0
 #: Telemetry and retained-status period (s).
 TELEMETRY_S = 60.0
+#: Health components that are devices: their faults and recoveries are events for central.
+DEVICES = ("reader", "psam", "printer")
+DEVICE_EVENTS_PER_HOUR = 12
 #: Journal retention pass period (s).
 PRUNE_S = 24 * 3600.0
 EventSink = Callable[[str, Mapping[str, Any]], None]
@@ -117,6 +121,8 @@ class Health:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.components: dict[str, ComponentHealth] = {}
+        #: Told ``(name, old, new, detail)`` when a component's state changes (not its detail).
+        self.on_change: Callable[[str, HealthState, HealthState, str], None] | None = None
 
     def _get(self, name: str) -> ComponentHealth:
         c = self.components.get(name)
@@ -129,7 +135,10 @@ class Health:
         if (c.state, c.detail) != (state, detail):
             level = logging.INFO if state is HealthState.OK else logging.WARNING
             log.log(level, "component %s %s %s", name, state.value, detail)
+        old = c.state
         c.state, c.detail = state, detail
+        if old is not state and self.on_change is not None:
+            self.on_change(name, old, state, detail)
 
     def progress(self, name: str) -> None:
         self._get(name).last_progress = self._clock()
@@ -561,6 +570,10 @@ class App:
         self.shutdown_grace_s = shutdown_grace_s
         self.install_signals = install_signals
         self.health = Health()
+        self.health.on_change = self._on_health_change
+        self._device_buckets: dict[str, Any] = {}  # name -> TokenBucket of its events
+        self._device_dropped: dict[str, int] = {}
+        self._event_order = asyncio.Lock()
         self.started = time.monotonic()
         self.stopping = False
         self.ready = asyncio.Event()
@@ -796,8 +809,15 @@ class App:
             if not replay:
                 self.counters["tx_in_doubt"] += 1
             raise
+        except JournalFullError as err:
+            self.health.set("journal", HealthState.DOWN, f"journal_full: {err.message}")
+            raise
         if replay:
             return rec, None, True
+        if self.health.components.get("journal", ComponentHealth()).detail.startswith(
+            "journal_full"
+        ):
+            self.health.set("journal", HealthState.OK)  # space again: the journal took this one
         self.counters["tx_done"] += 1
         printed = await self.after_tx(rec)
         return rec, printed, False
@@ -872,7 +892,7 @@ class App:
         backoff = 0.5
         while True:
             try:
-                await self.slot.watch(self._on_presence, lambda: self.health.progress("reader"))
+                await self.slot.watch(self._on_presence, self._reader_alive)
             except* AgentError as group:
                 err = group.exceptions[0]
                 assert isinstance(err, AgentError)
@@ -880,6 +900,14 @@ class App:
                 self.emit("device_fault", {"device": "reader", "code": err.code})
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+
+    def _reader_alive(self) -> None:
+        """The reader's heartbeat: progress for the watchdog, and back to ``ok`` after a fault
+        (the watch resumed), so status and central see it recover."""
+        self.health.progress("reader")
+        c = self.health.components.get("reader")
+        if c is not None and c.state is not HealthState.OK:
+            self.health.set("reader", HealthState.OK, self.slot.url)
 
     def _status_bytes(self, online: bool) -> bytes:
         from agent.wire.codec import StatusMessage
@@ -897,6 +925,60 @@ class App:
                 self.uplink_port.went_offline()
             self.health.set("uplink", HealthState.DEGRADED, "offline")
         self.emit(kind, dict(data))
+
+    def _on_health_change(self, name: str, old: HealthState, new: HealthState, detail: str) -> None:
+        """A device that failed or came back, and a journal that filled up, are events for
+        central too (docs/MESSAGES.md): kiosk operators learn of them without polling."""
+        if name == "journal" and detail.startswith("journal_full"):
+            # the journal cannot keep this one: it goes out now, if the uplink is up
+            if self._reporter is not None:
+                self._spawn(
+                    self._reporter.report_now("journal_full", {"detail": detail[:200]}), "event"
+                )
+            return
+        if name not in DEVICES:
+            return
+        if new is HealthState.OK:
+            kind = "device_recovered"
+            self.emit(kind, {"device": name})
+        elif old is HealthState.OK:
+            kind = "device_fault"  # already told to API clients, with its code, where it failed
+        else:
+            return  # degraded <-> down: still at fault
+        from agent.uplink.flow import TokenBucket
+
+        # a device that flaps must not fill the journal: DEVICE_EVENTS_PER_HOUR each, the rest
+        # counted into the next one that goes (the retained status always has the state)
+        now = time.monotonic()
+        bucket = self._device_buckets.setdefault(
+            name, TokenBucket(DEVICE_EVENTS_PER_HOUR / 3600, DEVICE_EVENTS_PER_HOUR, now)
+        )
+        if bucket.try_take(now) > 0:
+            self._device_dropped[name] = self._device_dropped.get(name, 0) + 1
+            return
+        data: dict[str, Any] = {"device": name, "state": new.value, "detail": detail[:200]}
+        dropped = self._device_dropped.pop(name, 0)
+        if dropped:
+            data["dropped"] = dropped
+        self.report_event(kind, data)
+
+    def report_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Journal an event for central and publish it when the uplink is up (in the
+        background; the journal keeps it until then)."""
+        if not hasattr(self, "journal"):
+            return  # before the journal opened: the retained status carries the health
+
+        async def report() -> None:
+            try:
+                async with self._event_order:  # FIFO: events are journaled in the order made
+                    await asyncio.to_thread(self.journal.add_event, kind, dict(data))
+            except AgentError as err:
+                log.warning("could not journal the %s event: %s", kind, err.message)
+                return
+            if self._reporter is not None:
+                await self._reporter.flush()
+
+        self._spawn(report(), f"event:{kind}")
 
     async def _on_command_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "command_applied" and data.get("type") == "report":
@@ -1147,8 +1229,17 @@ class App:
 
     async def _stop_task(self) -> None:
         await self._stop.wait()
+        with contextlib.suppress(AgentError):
+            async with self._event_order:
+                await asyncio.to_thread(
+                    self.journal.add_event, "agent_stopping", {"version": VERSION}
+                )
         session = self.session
         if session is not None and session.online:
+            if self._reporter is not None:
+                with contextlib.suppress(TimeoutError, AgentError):
+                    async with asyncio.timeout(2.0):
+                        await self._reporter.flush()
             # a clean disconnect does not fire the last will: say "offline" ourselves
 
             with contextlib.suppress(TimeoutError):
@@ -1221,6 +1312,9 @@ class App:
             await self._start_api()
             self.notifier.ready(f"serving; terminal {self.terminal_id}")
             self.ready.set()
+            self.report_event(
+                "agent_started", {"version": VERSION, "in_doubt": len(report.in_doubt)}
+            )
             log.info(
                 "agent ready",
                 extra={

@@ -550,6 +550,10 @@ class TxEngine:
         code = err.code if isinstance(err, AgentError) else type(err).__name__
         row = self.journal.transition(rec.tx_id, Event.CRASH_RECOVERED, error_code=code)
         self._emit_row("tx_in_doubt", row)
+        self._journal_event(
+            "tx_in_doubt",
+            {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code, "code": code},
+        )
         return TransactionInDoubtError(
             f"{rec.kind.value}: {code} after the card write was sent; the outcome is resolved "
             "when the card is seen again",

@@ -104,10 +104,17 @@ class Recovery:
     # ---- start ----------------------------------------------------------------------------
     async def start(self) -> StartReport:
         rows = self.journal.recover_open_intents()
+        for row in rows:  # the agent stopped between intent and outcome: central hears of it
+            data = {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
+            try:
+                self.journal.add_event("tx_in_doubt", {**data, "code": "restarted"})
+            except JournalError as err:
+                log.warning("could not journal tx_in_doubt: %s", err.message)
         cardless = []
         for row in self.journal.records(State.IN_DOUBT.value):
             if row.kind == Kind.REPORT_LOSS.value:
                 self.journal.transition(row.tx_id, Event.RESOLVED_DONE, result="recovered")
+                self._resolved(row, "done", "recovered")
                 cardless.append(row.tx_id)
         sealed = await self.seal_pending()
         return StartReport(tuple(r.tx_id for r in rows), tuple(cardless), sealed)
@@ -171,6 +178,7 @@ class Recovery:
             event = Event.RESOLVED_DONE if verdict == "done" else Event.RESOLVED_FAILED
             self.journal.transition(row.tx_id, event, result=result)
             rec = await self.engine.seal(row.tx_id)
+            self._resolved(row, verdict, result)
         else:
             rec = TxRecord.from_row(row)
             data = {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
@@ -243,4 +251,14 @@ class Recovery:
         event = Event.RESOLVED_DONE if verdict == "done" else Event.RESOLVED_FAILED
         self.journal.transition(tx_id, event, result=result)
         rec = await self.engine.seal(tx_id)
+        self._resolved(row, verdict, result)
         return Resolution(tx_id, row.kind, verdict, result, rec)
+
+    def _resolved(self, row: TxRow, verdict: str, result: str | None) -> None:
+        """A ``tx_resolved`` event: central learns how and why an in-doubt operation ended (its
+        sealed record says what; this says it was once in doubt)."""
+        data = {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
+        try:
+            self.journal.add_event("tx_resolved", {**data, "outcome": verdict, "why": result})
+        except JournalError as err:
+            log.warning("could not journal tx_resolved: %s", err.message)

@@ -203,6 +203,20 @@ class EventReporter:
         await asyncio.to_thread(self.journal.add_event, kind, dict(data))
         await self.flush()
 
+    async def report_now(self, kind: str, data: Mapping[str, Any]) -> bool:
+        """Publish an event the journal cannot keep (``journal_full``) straight away, with an id
+        of its own; ``False`` when offline (then it is lost, and the retained status still shows
+        the journal down)."""
+        if self.publisher is None:
+            return False
+        now = self._clock()
+        msg = EventMessage(self.terminal, uuid.uuid4().bytes, int(now), kind, dict(data))
+        try:
+            await self.publisher(topics.event(self.terminal), msg.to_cbor())
+        except UplinkUnavailableError:
+            return False
+        return True
+
     async def flush(self) -> int:
         """Publish unreported events in order; returns how many went out."""
         if self.publisher is None:

@@ -205,6 +205,11 @@ async def test_shutdown_with_a_card_write_in_flight_is_resolved_after_restart(
             assert again["replayed"] is True
             report = await api2.call("card.read")
             assert report["state"] == "temp_locked"
+        # what central will hear, in order (the uplink is off here: it waits in the journal)
+        told = [(e.kind, e.data.get("tx_id")) for e in app2.journal.events(0, 100)]
+        assert told.index(("agent_started", None)) < told.index(("tx_in_doubt", row.tx_id))
+        assert told.index(("tx_in_doubt", row.tx_id)) < told.index(("tx_resolved", row.tx_id))
+        assert ("agent_stopping", None) in told
 
 
 async def test_a_stuck_reader_stops_the_watchdog_pings(

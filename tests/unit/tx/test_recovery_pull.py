@@ -47,6 +47,7 @@ async def test_card_pulled_at_every_apdu(flow: str, alg: str) -> None:
                 outcomes.add("no_record")
                 continue
             row = rows[0]
+            was_in_doubt = isinstance(raised, TransactionInDoubtError)
             if row.state == "in_doubt":
                 # only a PIN the card cannot reveal stays in doubt; the citizen settles it
                 assert flow in ("pin_change", "pin_reset", "pin_unblock"), where
@@ -55,6 +56,13 @@ async def test_card_pulled_at_every_apdu(flow: str, alg: str) -> None:
                 assert row is not None
             assert row.state == "sealed", where
             assert (row.outcome == "done") is truth, f"{where}: {row.outcome} vs card {truth}"
+            # central hears how an in-doubt record ended: one tx_resolved, with its outcome
+            events = t.journal.events(0, 100)
+            doubted = [e.data["tx_id"] for e in events if e.kind == "tx_in_doubt"]
+            assert doubted == ([row.tx_id] if was_in_doubt else []), where
+            resolved = [e for e in events if e.kind == "tx_resolved"]
+            told = [(e.data["tx_id"], e.data["outcome"]) for e in resolved]
+            assert told == ([(row.tx_id, row.outcome)] if was_in_doubt else []), where
             assert t.verify_chain(), where
             outcomes.add(row.outcome)
     # the campaign reached both sides of the write
