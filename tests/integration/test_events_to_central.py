@@ -123,3 +123,31 @@ async def test_a_flapping_device_does_not_fill_the_journal(tmp_path: Path) -> No
         assert app._device_dropped == {"reader": 40 - DEVICE_EVENTS_PER_HOUR}
     finally:
         app.journal.close()
+
+
+async def test_a_full_journal_is_told_at_once_and_clears(tmp_path: Path) -> None:
+    from agent.api.client import RemoteApiError
+
+    async with running(tmp_path / "s") as app:
+        central, t = app.central, app.terminal_id
+        assert central is not None
+        conn = app.journal._conn  # the disk fills up: no page may be added from now on
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        async with await ApiClient.connect_unix(str(app.api_socket)) as api:
+            code = None
+            for i in range(50):  # the first few may still fit in free pages
+                op = "tx.unlock" if i % 2 else "tx.lock"
+                try:
+                    await api.call(op, {"idempotency_key": f"full-{i}"})
+                except RemoteApiError as err:
+                    code = err.code
+                    break
+            assert code == "journal_full"
+            assert app.health.components["journal"].state is HealthState.DOWN
+            await until(lambda: "journal_full" in kinds(central, t))
+            conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+            card = await api.call("card.read")
+            op = "tx.unlock" if card["state"] == "temp_locked" else "tx.lock"
+            await api.call(op, {"idempotency_key": "after"})
+        assert app.health.components["journal"].state is HealthState.OK
