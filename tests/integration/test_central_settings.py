@@ -12,12 +12,10 @@ next minute.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,13 @@ import aiomqtt
 import pytest
 
 from agent.app import App
-from agent.config import parse_config
 from agent.logs import apdu_trace_on, set_apdu_trace
 from agent.tx.policy import OfflineMode
 from agent.tx.records import Kind
 from agent.uplink import topics
 from agent.wire.codec import TelemetryMessage
+from tests.integration._sim_app import running as running_app
+from tests.integration._sim_app import sim_config, until
 
 pytestmark = pytest.mark.mqtt
 
@@ -46,10 +45,7 @@ CHANGES: dict[str, Any] = {
 APPLIES = dict.fromkeys(CHANGES, "now") | {"uplink.inflight_window": "next_connection"}
 
 
-def config(state: Path) -> Any:
-    text = f"""
-[terminal]
-state_dir = "{state}"
+SECTIONS = """
 [uplink]
 broker = "sim://"
 backlog_rate = 200
@@ -61,28 +57,10 @@ level = "INFO"
 [api]
 socket = ""
 """
-    return parse_config(text, base_dir=str(state), env={})
 
 
-@contextlib.asynccontextmanager
-async def running(state: Path) -> AsyncIterator[App]:
-    app = App(config(state), install_signals=False)
-    task = asyncio.create_task(app.run())
-    try:
-        async with asyncio.timeout(30):
-            await app.ready.wait()
-            while app.session is None or not app.session.online:  # noqa: ASYNC110 - polled
-                await asyncio.sleep(0.05)
-        yield app
-    finally:
-        app.request_stop()
-        await asyncio.wait_for(task, 30)
-
-
-async def until(pred: Callable[[], bool], limit_s: float = 15) -> None:
-    async with asyncio.timeout(limit_s):
-        while not await asyncio.to_thread(pred):  # noqa: ASYNC110 - central's store is sync
-            await asyncio.sleep(0.05)
+def running(state: Path) -> Any:
+    return running_app(sim_config(state, SECTIONS))
 
 
 def _cli(state: Path, *args: str) -> dict[str, Any]:

@@ -9,8 +9,6 @@ journaled first, so one that could not be sent goes at the next connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +16,27 @@ import pytest
 
 from agent.api.client import ApiClient
 from agent.app import App, Health, HealthState
-from agent.config import parse_config
 from agent.sim.central import ReferenceCentral
-from tests.integration.test_central_settings import until
+from tests.integration._sim_app import running as running_app
+from tests.integration._sim_app import sim_config, until
 
 pytestmark = pytest.mark.mqtt
 
 
-def config(state: Path) -> Any:
-    text = f"""
-[terminal]
-state_dir = "{state}"
+SECTIONS = """
 [uplink]
 broker = "sim://"
 [api]
 socket = "api.sock"
 """
-    return parse_config(text, base_dir=str(state), env={})
 
 
-@contextlib.asynccontextmanager
-async def running(state: Path) -> AsyncIterator[App]:
-    app = App(config(state), install_signals=False)
-    task = asyncio.create_task(app.run())
-    try:
-        async with asyncio.timeout(30):
-            await app.ready.wait()
-            while app.session is None or not app.session.online:  # noqa: ASYNC110 - polled
-                await asyncio.sleep(0.05)
-        yield app
-    finally:
-        app.request_stop()
-        await asyncio.wait_for(task, 30)
+def config(state: Path) -> Any:
+    return sim_config(state, SECTIONS)
+
+
+def running(state: Path) -> Any:
+    return running_app(config(state))
 
 
 def kinds(central: ReferenceCentral, terminal: str) -> list[str]:
