@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.emv.app import read_bank_app
 from agent.errors import FileNotFoundOnCardError, JournalError, PinError
@@ -105,11 +105,7 @@ class Recovery:
     async def start(self) -> StartReport:
         rows = self.journal.recover_open_intents()
         for row in rows:  # the agent stopped between intent and outcome: central hears of it
-            data = {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
-            try:
-                self.journal.add_event("tx_in_doubt", {**data, "code": "restarted"})
-            except JournalError as err:
-                log.warning("could not journal tx_in_doubt: %s", err.message)
+            self._journal_event("tx_in_doubt", row, code="restarted")
         cardless = []
         for row in self.journal.records(State.IN_DOUBT.value):
             if row.kind == Kind.REPORT_LOSS.value:
@@ -181,12 +177,8 @@ class Recovery:
             self._resolved(row, verdict, result)
         else:
             rec = TxRecord.from_row(row)
-            data = {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
-            try:
-                self.journal.add_event(f"tx_{verdict}", {**data, "why": result})
-            except JournalError as err:
-                log.warning("could not journal tx_%s: %s", verdict, err.message)
-            self.engine.emit(f"tx_{verdict}", data)
+            self._journal_event(f"tx_{verdict}", row, why=result)
+            self.engine.emit(f"tx_{verdict}", _tx_data(row))
         return Resolution(row.tx_id, row.kind, verdict, result, rec)
 
     async def _verdict(
@@ -257,8 +249,17 @@ class Recovery:
     def _resolved(self, row: TxRow, verdict: str, result: str | None) -> None:
         """A ``tx_resolved`` event: central learns how and why an in-doubt operation ended (its
         sealed record says what; this says it was once in doubt)."""
-        data = {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
+        self._journal_event("tx_resolved", row, outcome=verdict, why=result)
+
+    def _journal_event(self, kind: str, row: TxRow, **extra: str | None) -> None:
+        """A journal event about ``row`` for upstream; a journal failure is logged, not raised
+        (the resolution itself is what the caller must learn)."""
         try:
-            self.journal.add_event("tx_resolved", {**data, "outcome": verdict, "why": result})
+            self.journal.add_event(kind, {**_tx_data(row), **extra})
         except JournalError as err:
-            log.warning("could not journal tx_resolved: %s", err.message)
+            log.warning("could not journal %s: %s", kind, err.message)
+
+
+def _tx_data(row: TxRow) -> dict[str, Any]:
+    """What an event says of the record it is about (no personal data)."""
+    return {"tx_id": row.tx_id, "kind": row.kind, "card_id_code": row.card_id_code}
